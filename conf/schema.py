@@ -1,0 +1,204 @@
+"""Typed configuration: one dataclass per concern, registered with Hydra's ConfigStore.
+
+The YAML files under ``conf/<group>/`` extend these schemas, so a typo in an override
+(``cohort.n_sitez=4``) or a wrong type (``cohort.n_sites=many``) fails at composition time.
+Each module receives only its own part (``CohortConfig``, ``DataConfig``...), never the whole
+tree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+@dataclass
+class CohortConfig:
+    """The synthetic multi-site cohort (``g2i-simulate``)."""
+
+    n_sites: int = 3
+    # Subjects per site; a list gives each site its own size (non-IID), a shorter list is cycled.
+    subjects_per_site: list[int] = field(default_factory=lambda: [60, 72, 48])
+    voxel_size_mm: float = 2.0
+    n_background_snps: int = 3000
+    # Fraction of background SNPs placed on chromosome X (males hemizygous).
+    chrx_fraction: float = 0.01
+    # Catalog of AD candidate SNPs; empty = the copy shipped with the package.
+    snp_catalog: str = ""
+    # Population allele frequency of the APOE alleles e2, e3, e4.
+    apoe_freqs: list[float] = field(default_factory=lambda: [0.08, 0.77, 0.15])
+    # Target diagnosis proportions CN, MCI, AD over the whole cohort (paper: 291/438/182).
+    dx_proportions: list[float] = field(default_factory=lambda: [0.32, 0.48, 0.20])
+    # Per-site shift of the disease liability (non-IID label mix), cycled over sites.
+    site_liability_shift: list[float] = field(default_factory=lambda: [-0.35, 0.05, 0.45])
+    # Liability model: per APOE e4 copy, per SD of the polygenic score, per SD of age.
+    effect_e4: float = 0.65
+    effect_prs: float = 0.35
+    effect_age: float = 0.30
+    # Anatomy: neurodegeneration severity per unit genetic liability, per SD of age, per DX.
+    atrophy_genetic: float = 0.6
+    atrophy_age: float = 0.45
+    atrophy_dx: list[float] = field(default_factory=lambda: [0.0, 0.6, 1.4])
+    atrophy_noise_sd: float = 0.35
+    # Ventricle border shift in mm per unit severity (dilation of the template ventricles).
+    ventricle_mm_per_severity: float = 1.6
+    # Cortical GM loss (sulcal widening) in mm per unit severity, and medial-temporal GM loss
+    # (fraction of hippocampal-region GM signal) per unit severity.
+    cortical_mm_per_severity: float = 0.45
+    mtl_loss_per_severity: float = 0.12
+    # Nuisance.
+    jitter_rotation_deg: float = 2.0
+    jitter_translation_mm: float = 2.0
+    bias_field_strength: float = 0.12
+    noise_sd: float = 0.025
+    site_intensity_scale: list[float] = field(default_factory=lambda: [1000.0, 1350.0, 820.0])
+    site_contrast_gamma: list[float] = field(default_factory=lambda: [1.0, 0.85, 1.15])
+    # Stored orientation per site (cycled): nibabel axis codes, e.g. RAS, LAS, LPS, LPI.
+    site_orientation: list[str] = field(default_factory=lambda: ["RAS", "LAS", "LPS"])
+    # Planted QC failures, as fractions of background SNPs / of subjects.
+    geno_missing_rate: float = 0.001
+    planted_high_missing_frac: float = 0.02
+    planted_rare_frac: float = 0.02
+    planted_monomorphic_frac: float = 0.01
+    planted_hwe_frac: float = 0.01
+    planted_bad_sample_frac: float = 0.02
+    # Options used by tests of the genotype pipeline (site indices, 0-based).
+    strand_flip_sites: list[int] = field(default_factory=list)
+    allele_swap_sites: list[int] = field(default_factory=list)
+    no_apoe_sites: list[int] = field(default_factory=list)
+    # Fraction of panel SNPs flipped / swapped at those sites.
+    panel_flip_frac: float = 0.3
+    write_mri: bool = True
+    workers: int = 2
+
+
+@dataclass
+class QCConfig:
+    """PLINK-style genotype QC thresholds (the paper's values)."""
+
+    mind: float = 0.05
+    geno: float = 0.05
+    maf: float = 0.01
+    hwe: float = 1e-5
+    hwe_midp: bool = False
+    hwe_include_nonctrl: bool = False
+
+
+@dataclass
+class DataConfig:
+    """Where the cohort lives and how sites turn it into training slices."""
+
+    root: str = "data/cohort"
+    image_size: int = 64
+    # Axial level in MNI millimetres (through the lateral ventricles) and slab size.
+    slice_z_mm: float = 18.0
+    n_slices: int = 1
+    intensity_percentiles: list[float] = field(default_factory=lambda: [0.5, 99.5])
+    normalization: str = "percentile"
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    qc: QCConfig = field(default_factory=QCConfig)
+
+
+@dataclass
+class ModelConfig:
+    """Autoencoder, SNP encoder and conditional UNet sizes; one of the paper's variants."""
+
+    variant: str = "g2i_label_attn"
+    # How the diagnosis enters the UNet: "concat" (paper) or "embed" (authors' code).
+    label_mode: str = "embed"
+    ae_channels: list[int] = field(default_factory=lambda: [32, 64, 64])
+    latent_channels: int = 3
+    ae_norm_groups: int = 16
+    unet_channels: list[int] = field(default_factory=lambda: [32, 64, 64])
+    unet_norm_groups: int = 8
+    unet_layers_per_block: int = 1
+    snp_embed_dim: int = 64
+    snp_depth: int = 2
+    snp_heads: int = 4
+    cond_dropout: float = 0.1
+    num_train_timesteps: int = 1000
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings shared by centralized and federated training."""
+
+    batch_size: int = 8
+    lr_ae: float = 1e-3
+    lr_ldm: float = 2e-4
+    ae_epochs: int = 1
+    ldm_epochs: int = 1
+    grad_clip: float = 1.0
+    kl_weight: float = 1e-6
+
+
+@dataclass
+class FederationConfig:
+    """Rounds per phase and the aggregation strategy."""
+
+    strategy: str = "FedAvg"
+    rounds_ae: int = 2
+    rounds_ldm: int = 2
+    min_sites: int = 2
+    fraction_train: float = 1.0
+    proximal_mu: float = 0.0
+    server_lr: float = 1e-2
+
+
+@dataclass
+class PrivacyConfig:
+    """Differential privacy: none, local DP-SGD (Opacus) or central DP (Flower wrappers)."""
+
+    mode: str = "none"
+    noise_multiplier: float = 1.0
+    max_grad_norm: float = 1.0
+    delta: float = 1e-5
+    target_epsilon: float = 0.0
+    epsilon_budget: float = 0.0
+
+
+@dataclass
+class Config:
+    """The root configuration composed from the groups."""
+
+    data: DataConfig = MISSING
+    cohort: CohortConfig = MISSING
+    model: ModelConfig = MISSING
+    train: TrainConfig = field(default_factory=TrainConfig)
+    federation: FederationConfig = MISSING
+    privacy: PrivacyConfig = MISSING
+    name: str = "default"
+    seed: int = 0
+    run_dir: str = "runs/${name}"
+
+
+@dataclass
+class SimulateConfig:
+    """The root configuration of ``g2i-simulate``."""
+
+    cohort: CohortConfig = MISSING
+    output_dir: str = "data/cohort"
+    seed: int = 0
+    overwrite: bool = False
+
+
+_GROUPS: dict[str, Any] = {
+    "data": DataConfig,
+    "cohort": CohortConfig,
+    "model": ModelConfig,
+    "federation": FederationConfig,
+    "privacy": PrivacyConfig,
+}
+
+
+def register_configs() -> None:
+    """Register the schemas so the YAML files can extend them (idempotent)."""
+    cs = ConfigStore.instance()
+    cs.store(name="base_config", node=Config)
+    cs.store(name="base_simulate", node=SimulateConfig)
+    for group, node in _GROUPS.items():
+        cs.store(group=group, name=f"base_{group}", node=node)
