@@ -98,6 +98,9 @@ class DataConfig:
     n_slices: int = 1
     intensity_percentiles: list[float] = field(default_factory=lambda: [0.5, 99.5])
     normalization: str = "percentile"
+    # "site": prepared site folders (preprocessing.load_site_dataset); "synthetic": the
+    # built-in synthetic test dataset of g2i_models (no preparation needed).
+    source: str = "site"
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     qc: QCConfig = field(default_factory=QCConfig)
@@ -107,20 +110,41 @@ class DataConfig:
 class ModelConfig:
     """Autoencoder, SNP encoder and conditional UNet sizes; one of the paper's variants."""
 
+    # ldm_label (label only), g2i (genotype, cross-attention), g2i_label_noattn (pooled
+    # genotype + label, no cross-attention), g2i_label_attn (genotype + label, cross-attention).
     variant: str = "g2i_label_attn"
     # How the diagnosis enters the UNet: "concat" (paper) or "embed" (authors' code).
     label_mode: str = "embed"
+    num_classes: int = 3
+    # Autoencoder: len(ae_channels) - 1 downsamplings (3 levels = latents at 1/4 size).
     ae_channels: list[int] = field(default_factory=lambda: [32, 64, 64])
     latent_channels: int = 3
     ae_norm_groups: int = 16
+    ae_layers_per_block: int = 1
+    # UNet; small configs need 8-16 norm groups (32 groups on 32 channels cancel the timestep).
     unet_channels: list[int] = field(default_factory=lambda: [32, 64, 64])
     unet_norm_groups: int = 8
     unet_layers_per_block: int = 1
+    # Which UNet levels get cross-attention to the SNP tokens (the mid block always does).
+    unet_attention_levels: list[bool] = field(default_factory=lambda: [False, True, True])
+    unet_head_dim: int = 8
+    # SNP transformer encoder.
     snp_embed_dim: int = 64
     snp_depth: int = 2
     snp_heads: int = 4
+    snp_mlp_ratio: int = 2
+    snp_dropout: float = 0.0
+    # Probability of training with the null condition (classifier-free guidance).
     cond_dropout: float = 0.1
+    # Diffusion process (DDPM training) and the sampler used by default at generation.
     num_train_timesteps: int = 1000
+    beta_schedule: str = "scaled_linear"
+    beta_start: float = 0.00085
+    beta_end: float = 0.012
+    prediction_type: str = "epsilon"
+    sampler: str = "ddim"
+    sample_steps: int = 50
+    guidance_scale: float = 1.5
 
 
 @dataclass
@@ -129,11 +153,28 @@ class TrainConfig:
 
     batch_size: int = 8
     lr_ae: float = 1e-3
-    lr_ldm: float = 2e-4
-    ae_epochs: int = 1
-    ldm_epochs: int = 1
+    lr_ldm: float = 5e-4
+    weight_decay: float = 0.0
+    # Epochs per call of train_autoencoder / train_ldm (a federated round = one call);
+    # max_steps_* > 0 stops a call earlier.
+    ae_epochs: int = 20
+    ldm_epochs: int = 60
+    max_steps_ae: int = 0
+    max_steps_ldm: int = 0
     grad_clip: float = 1.0
     kl_weight: float = 1e-6
+    # Optional patch-adversarial term of the autoencoder loss (0 = off) and its start step.
+    adv_weight: float = 0.0
+    adv_start_step: int = 0
+    ema_decay: float = 0.999
+    # "auto" = bf16 autocast on CUDA, fp32 elsewhere; "bf16" or "no" to force.
+    mixed_precision: str = "auto"
+    device: str = "auto"
+    num_workers: int = 0
+    # Batches used to estimate the latent scale factor 1/std(z).
+    scale_batches: int = 16
+    # Sample grids written by the centralized baseline.
+    samples_per_class: int = 8
 
 
 @dataclass

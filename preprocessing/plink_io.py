@@ -60,9 +60,9 @@ def pack_bed_rows(genotypes: np.ndarray) -> np.ndarray:
         # Padding bits are zero, as PLINK writes them.
         codes = np.concatenate([codes, np.zeros((n_snps, pad), dtype=np.uint8)], axis=1)
     codes = codes.reshape(n_snps, -1, 4)
-    return (codes[..., 0] | (codes[..., 1] << 2) | (codes[..., 2] << 4) | (codes[..., 3] << 6)).astype(
-        np.uint8
-    )
+    return (
+        codes[..., 0] | (codes[..., 1] << 2) | (codes[..., 2] << 4) | (codes[..., 3] << 6)
+    ).astype(np.uint8)
 
 
 def _fmt_pheno(value: float) -> str:
@@ -87,9 +87,7 @@ def write_plink(
     with open(prefix.with_suffix(".bed"), "wb") as fh:
         fh.write(BED_MAGIC)
         fh.write(pack_bed_rows(g).tobytes())
-    bim_lines = (
-        f"{v.chrom}\t{v.snp_id}\t{v.cm:g}\t{v.pos}\t{v.a1}\t{v.a2}\n" for v in variants
-    )
+    bim_lines = (f"{v.chrom}\t{v.snp_id}\t{v.cm:g}\t{v.pos}\t{v.a1}\t{v.a2}\n" for v in variants)
     prefix.with_suffix(".bim").write_text("".join(bim_lines))
     fam_lines = (
         f"{s.fid} {s.iid} {s.father} {s.mother} {s.sex} {_fmt_pheno(s.phenotype)}\n"
