@@ -1,0 +1,130 @@
+"""The diffusion process, apart from the networks: noise schedulers, the training loss
+(paper eq. 11) and the guided sampling loop.
+
+Schedulers hold no parameters: training uses a ``DDPMScheduler``; sampling rebuilds DDPM,
+DDIM or DPM-Solver++ from the same config, so the noise schedule always matches training.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from tqdm.auto import tqdm
+
+from conf.schema import ModelConfig
+from g2i_models.unet import ConditionalDenoiser
+
+SAMPLERS: dict[str, tuple[type[SchedulerMixin], dict[str, Any]]] = {
+    "ddpm": (DDPMScheduler, {}),
+    "ddim": (DDIMScheduler, {}),
+    "dpm++": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++"}),
+}
+
+
+def build_noise_scheduler(cfg: ModelConfig) -> DDPMScheduler:
+    """The training scheduler (forward process q(z_t | z_0), eq. 3)."""
+    return DDPMScheduler(
+        num_train_timesteps=cfg.num_train_timesteps,
+        beta_schedule=cfg.beta_schedule,
+        beta_start=cfg.beta_start,
+        beta_end=cfg.beta_end,
+        prediction_type=cfg.prediction_type,
+        clip_sample=False,  # latents are not bounded to [-1, 1]
+        timestep_spacing="trailing",  # few-step sampling starts at t = T - 1
+    )
+
+
+def sampling_scheduler(scheduler: SchedulerMixin, sampler: str) -> SchedulerMixin:
+    """A fresh ``sampler`` ("ddpm", "ddim", "dpm++") sharing ``scheduler``'s noise schedule."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; choose one of {sorted(SAMPLERS)}")
+    cls, extra = SAMPLERS[sampler]
+    return cls.from_config(scheduler.config, **extra)
+
+
+def condition_dropout_mask(
+    batch_size: int, p: float, device: torch.device, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """(B,) bool, True with probability p: samples trained with the null condition."""
+    if p <= 0:
+        return torch.zeros(batch_size, dtype=torch.bool, device=device)
+    return torch.rand(batch_size, device=device, generator=generator) < p
+
+
+def diffusion_target(
+    scheduler: SchedulerMixin, z0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor
+) -> torch.Tensor:
+    """What the denoiser regresses, by ``prediction_type`` (epsilon: the noise, eq. 11)."""
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return noise
+    if kind == "v_prediction":
+        return scheduler.get_velocity(z0, noise, t)
+    if kind == "sample":
+        return z0
+    raise ValueError(f"unknown prediction_type {kind!r}")
+
+
+def diffusion_loss(
+    denoiser: torch.nn.Module,
+    scheduler: SchedulerMixin,
+    z0: torch.Tensor,
+    genotypes: torch.Tensor | None,
+    labels: torch.Tensor | None,
+    cond_dropout: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """MSE between the denoiser output and its target for scaled latents z0 (B, c, h, w).
+
+    ``denoiser`` is a ``ConditionalDenoiser`` or an Opacus wrapper of one.
+    """
+    b, device = z0.shape[0], z0.device
+    noise = torch.randn(z0.shape, device=device, generator=generator)
+    t = torch.randint(
+        0, scheduler.config.num_train_timesteps, (b,), device=device, generator=generator
+    )
+    z_t = scheduler.add_noise(z0, noise, t)
+    drop = condition_dropout_mask(b, cond_dropout, device, generator)
+    pred = denoiser(z_t, t, genotypes, labels, drop)
+    return F.mse_loss(pred.float(), diffusion_target(scheduler, z0, noise, t).float())
+
+
+@torch.no_grad()
+def sample_latents(
+    denoiser: ConditionalDenoiser,
+    scheduler: SchedulerMixin,
+    shape: tuple[int, int, int, int],
+    genotypes: torch.Tensor | None = None,
+    labels: torch.Tensor | None = None,
+    num_inference_steps: int = 50,
+    guidance_scale: float = 1.0,
+    generator: torch.Generator | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Run the reverse process from noise to scaled latents (B, c, h, w).
+
+    Classifier-free guidance: eps = eps_null + s * (eps_cond - eps_null); s = 1 skips the
+    null pass.
+    """
+    device = next(denoiser.parameters()).device
+    b = shape[0]
+    scheduler.set_timesteps(num_inference_steps, device=device)
+    z = torch.randn(shape, device=device, generator=generator) * scheduler.init_noise_sigma
+    guided = guidance_scale != 1.0
+    if guided:
+        genotypes = None if genotypes is None else torch.cat([genotypes, genotypes])
+        labels = None if labels is None else torch.cat([labels, labels])
+    drop = torch.arange(2 * b if guided else b, device=device) >= b
+    for t in tqdm(scheduler.timesteps, disable=not progress, desc="sampling", leave=False):
+        z_in = scheduler.scale_model_input(torch.cat([z, z]) if guided else z, t)
+        t_batch = torch.full((z_in.shape[0],), int(t), device=device, dtype=torch.long)
+        pred = denoiser(z_in, t_batch, genotypes, labels, drop).float()
+        if guided:
+            cond, null = pred.chunk(2)
+            pred = null + guidance_scale * (cond - null)
+        z = scheduler.step(pred, t, z, generator=generator).prev_sample
+    return z

@@ -1,0 +1,159 @@
+"""A trained Gene-to-Image model as one folder: ``G2IPipeline.save_pretrained(path)``.
+
+The folder holds ``vae/`` (with the latent scale factor in its ``config.json``), ``unet/``,
+``snp_encoder/`` (absent for the label-only variant), ``scheduler/`` and ``model_index.json``
+with the variant, the label mode, the default sampler settings and the library versions, so
+``G2IPipeline.from_pretrained(path)`` rebuilds it without the training code.
+"""
+
+from __future__ import annotations
+
+import platform
+from typing import Any
+
+import diffusers
+import torch
+from diffusers import AutoencoderKL, DiffusionPipeline, UNet2DConditionModel
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+
+from g2i_models.autoencoder import decode_latents
+from g2i_models.diffusion import sample_latents, sampling_scheduler
+from g2i_models.snp_encoder import SNPEncoder
+from g2i_models.unet import ConditionalDenoiser
+
+
+def library_versions() -> dict[str, str]:
+    """Versions written into every saved model (self-describing artefacts)."""
+    import g2i_models
+
+    return {
+        "g2i_models": g2i_models.__version__,
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "python": platform.python_version(),
+    }
+
+
+class G2IPipeline(DiffusionPipeline):
+    """Autoencoder + SNP encoder + UNet + scheduler; ``__call__`` generates slices.
+
+    Shapes: genotypes (B, n_snps) int64 in {0, 1, 2, 3}; labels (B,) int64; images out
+    (B, 1, H, W) float32 in [0, 1].
+    """
+
+    model_cpu_offload_seq = "snp_encoder->unet->vae"
+    _optional_components = ["snp_encoder"]  # None for the label-only variant
+
+    def __init__(
+        self,
+        vae: AutoencoderKL,
+        unet: UNet2DConditionModel,
+        scheduler: SchedulerMixin,
+        snp_encoder: SNPEncoder | None,
+        variant: str = "g2i_label_attn",
+        label_mode: str = "embed",
+        num_classes: int = 3,
+        sampler: str = "ddim",
+        sample_steps: int = 50,
+        guidance_scale: float = 1.0,
+        versions: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__()
+        self.register_modules(vae=vae, unet=unet, scheduler=scheduler, snp_encoder=snp_encoder)
+        self.register_to_config(
+            variant=variant,
+            label_mode=label_mode,
+            num_classes=num_classes,
+            sampler=sampler,
+            sample_steps=sample_steps,
+            guidance_scale=guidance_scale,
+            versions=versions or library_versions(),
+        )
+        # Validates the variant against the components (an SNP encoder when genotypes are used).
+        self.denoiser = ConditionalDenoiser(unet, snp_encoder, variant, label_mode, num_classes)
+
+    @classmethod
+    def from_parts(
+        cls,
+        vae: AutoencoderKL,
+        denoiser: ConditionalDenoiser,
+        scheduler: SchedulerMixin,
+        **config: Any,
+    ) -> G2IPipeline:
+        """Assemble a pipeline from a trained autoencoder and denoiser (sampler defaults in
+        ``config``: sampler, sample_steps, guidance_scale)."""
+        return cls(
+            vae=vae,
+            unet=denoiser.unet,
+            scheduler=scheduler,
+            snp_encoder=denoiser.snp_encoder,
+            variant=denoiser.variant,
+            label_mode=denoiser.label_mode,
+            num_classes=denoiser.num_classes,
+            **config,
+        )
+
+    @property
+    def scale_factor(self) -> float:
+        """The latent scale factor 1/std(z) stored with the autoencoder."""
+        return float(self.vae.config.scaling_factor)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        genotypes: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        num_images: int | None = None,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        sampler: str | None = None,
+        generator: torch.Generator | None = None,
+        output_type: str = "pt",
+        progress: bool = False,
+    ) -> torch.Tensor:
+        """Generate images (B, 1, H, W) in [0, 1], or scaled latents if output_type="latent".
+
+        B is taken from genotypes, labels or ``num_images``; unset sampler settings come from
+        the stored config.
+        """
+        cfg = self.config
+        device = self.vae.device
+        ref = genotypes if genotypes is not None else labels
+        b = num_images if ref is None else ref.shape[0]
+        if b is None:
+            raise ValueError("pass genotypes, labels or num_images")
+        to = {"device": device}
+        genotypes = None if genotypes is None else genotypes.to(**to)
+        labels = None if labels is None else labels.to(**to)
+        latent_size = self.unet.config.sample_size
+        shape = (b, self.unet.config.out_channels, latent_size, latent_size)
+        scheduler = sampling_scheduler(self.scheduler, sampler or cfg.sampler)
+        # Eval mode: the autoencoder decodes differently in train mode.
+        self.denoiser.eval()
+        self.vae.eval()
+        z = sample_latents(
+            self.denoiser,
+            scheduler,
+            shape,
+            genotypes,
+            labels,
+            num_inference_steps or cfg.sample_steps,
+            cfg.guidance_scale if guidance_scale is None else guidance_scale,
+            generator,
+            progress,
+        )
+        if output_type == "latent":
+            return z
+        return decode_latents(self.vae, z)
+
+
+def generate(
+    pipeline: G2IPipeline,
+    genotypes: torch.Tensor | None,
+    labels: torch.Tensor | None,
+    seed: int = 0,
+    **kwargs: Any,
+) -> torch.Tensor:
+    """Images (B, 1, H, W) in [0, 1] for genotypes (B, n_snps) and labels (B,), seeded."""
+    generator = torch.Generator(device=pipeline.vae.device).manual_seed(seed)
+    return pipeline(genotypes, labels, generator=generator, **kwargs)

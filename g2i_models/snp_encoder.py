@@ -1,0 +1,109 @@
+"""Transformer encoder over the SNP sequence: one token per SNP (paper eq. 10, T_theta(y)).
+
+Written for Opacus (DESIGN.md 7b): attention is hand-rolled from ``nn.Linear`` (no
+``nn.MultiheadAttention``, so ``ModuleValidator.fix`` renames nothing) and the per-SNP
+position indices are materialised as a (B, n_snps) tensor, so every parameterised layer sees a
+batch dimension and per-sample gradients can be computed in hooks mode.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from torch import nn
+
+# Genotype token values: 0/1/2 copies of the risk allele, 3 missing, 4 the null condition
+# used for classifier-free guidance (a whole genotype replaced by the null token).
+MISSING_GENOTYPE = 3
+NULL_GENOTYPE = 4
+N_GENOTYPE_TOKENS = 5
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention from ``nn.Linear`` layers: (B, n, d) -> (B, n, d)."""
+
+    def __init__(self, dim: int, heads: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"snp_embed_dim={dim} must be divisible by snp_heads={heads}")
+        self.heads = heads
+        self.dropout = dropout
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        p = self.dropout if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
+        return self.proj(out.transpose(1, 2).reshape(b, n, d))
+
+
+class EncoderBlock(nn.Module):
+    """Pre-norm transformer block: x + attn(norm(x)), x + mlp(norm(x))."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: int, dropout: float) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = SelfAttention(dim, heads, dropout)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(
+            nn.Linear(dim, mlp_ratio * dim),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(mlp_ratio * dim, dim),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class SNPEncoder(ModelMixin, ConfigMixin):
+    """Genotypes (B, n_snps) int64 in {0, 1, 2, 3=missing, 4=null} -> snp_tokens (B, n_snps, d).
+
+    Token embedding = embedding of the genotype value + a learned embedding of the SNP's
+    index in the panel; ``depth`` pre-norm transformer blocks; a final LayerNorm.
+    ``pool`` gives one vector per subject (B, d), used by the variant without cross-attention.
+    """
+
+    @register_to_config
+    def __init__(
+        self,
+        n_snps: int,
+        embed_dim: int = 64,
+        depth: int = 2,
+        heads: int = 4,
+        mlp_ratio: int = 2,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if n_snps < 1:
+            raise ValueError(f"n_snps must be >= 1, got {n_snps}")
+        self.genotype_embed = nn.Embedding(N_GENOTYPE_TOKENS, embed_dim)
+        self.snp_embed = nn.Embedding(n_snps, embed_dim)
+        self.blocks = nn.ModuleList(
+            [EncoderBlock(embed_dim, heads, mlp_ratio, dropout) for _ in range(depth)]
+        )
+        self.norm = nn.LayerNorm(embed_dim)
+
+    def forward(self, genotypes: torch.Tensor) -> torch.Tensor:
+        """(B, n_snps) int64 -> (B, n_snps, embed_dim)."""
+        b, n = genotypes.shape
+        if n != self.config.n_snps:
+            raise ValueError(
+                f"SNPEncoder was built for {self.config.n_snps} SNPs, got genotypes with {n}"
+            )
+        # (B, n) indices, not a broadcast (n,) row: Opacus needs the batch dimension.
+        positions = torch.arange(n, device=genotypes.device).unsqueeze(0).repeat(b, 1)
+        x = self.genotype_embed(genotypes.long()) + self.snp_embed(positions)
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)
+
+    @staticmethod
+    def pool(snp_tokens: torch.Tensor) -> torch.Tensor:
+        """(B, n_snps, d) -> (B, d): the genotype as one vector (mean over SNP tokens)."""
+        return snp_tokens.mean(dim=1)

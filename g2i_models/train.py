@@ -1,0 +1,277 @@
+"""Training and evaluation steps as plain functions: the centralized CLI and a federated
+client call the same ones (one call = one local training run, e.g. one federated round).
+
+Each returns metrics as floats (``num_examples`` included) and can append per-step records to
+a ``history`` list for loss curves. Optimiser state is local to a call unless an optimiser is
+passed in (Opacus: pass the ``make_private`` model, optimiser and loader).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import torch
+from diffusers import AutoencoderKL
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from diffusers.training_utils import EMAModel
+from opacus.optimizers import DPOptimizer
+from torch import nn
+from torchmetrics.functional.image import (
+    peak_signal_noise_ratio,
+    structural_similarity_index_measure,
+)
+from tqdm.auto import tqdm
+
+from conf.schema import TrainConfig
+from g2i_models.autoencoder import (
+    PatchDiscriminator,
+    autoencoder_loss,
+    decode_latents,
+    encode_latents,
+    hinge_d_loss,
+)
+from g2i_models.device import autocast, seed_everything
+from g2i_models.diffusion import diffusion_loss
+
+Batch = Mapping[str, Any]
+
+
+def _strip_wrapper(name: str) -> str:
+    """Parameter name without Opacus's ``_module.`` prefix."""
+    return name.removeprefix("_module.")
+
+
+def proximal_term(
+    model: nn.Module, reference: Mapping[str, torch.Tensor], mu: float
+) -> torch.Tensor:
+    """FedProx: (mu / 2) * sum ||w - w_ref||^2 over trainable parameters named in reference."""
+    terms = [
+        (p - reference[_strip_wrapper(n)].to(p.device, p.dtype)).pow(2).sum()
+        for n, p in model.named_parameters()
+        if p.requires_grad and _strip_wrapper(n) in reference
+    ]
+    if not terms:
+        raise ValueError("proximal term: no parameter of the model is named in the reference")
+    return 0.5 * mu * torch.stack(terms).sum()
+
+
+def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Detached copy of the trainable parameters (the FedProx reference of a round)."""
+    return {
+        _strip_wrapper(n): p.detach().clone()
+        for n, p in model.named_parameters()
+        if p.requires_grad
+    }
+
+
+def _run(
+    loader: Iterable[Batch],
+    epochs: int,
+    max_steps: int,
+    step: Callable[[Batch], dict[str, float]],
+    history: list[dict[str, float]] | None,
+    progress: bool,
+    desc: str,
+) -> dict[str, float]:
+    """Call ``step`` on every batch for ``epochs`` (at most ``max_steps`` > 0 steps) and
+    average the returned parts weighted by batch size."""
+    sums: dict[str, float] = {}
+    n_seen, steps = 0, 0
+    bar = tqdm(total=None if max_steps <= 0 else max_steps, disable=not progress, desc=desc)
+    for epoch in range(epochs):
+        for batch in loader:
+            parts = step(batch)
+            b = len(batch["image"])
+            n_seen += b
+            steps += 1
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + v * b
+            if history is not None:
+                history.append({"step": float(len(history)), "epoch": float(epoch), **parts})
+            bar.update(1)
+            bar.set_postfix(loss=f"{parts['loss']:.4f}")
+            if 0 < max_steps <= steps:
+                break
+        if 0 < max_steps <= steps:
+            break
+    bar.close()
+    if steps == 0:
+        raise ValueError(f"{desc}: the data loader yielded no batch")
+    metrics = {k: v / n_seen for k, v in sums.items()}
+    metrics.update(num_examples=float(n_seen), steps=float(steps))
+    return metrics
+
+
+def _optimise(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss: torch.Tensor,
+    grad_clip: float,
+) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    # DP-SGD clips per sample inside the optimiser; clipping the sum again would bias it.
+    if grad_clip > 0 and not isinstance(optimizer, DPOptimizer):
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+
+
+def train_autoencoder(
+    ae: AutoencoderKL,
+    loader: Iterable[Batch],
+    cfg: TrainConfig,
+    device: torch.device,
+    *,
+    discriminator: PatchDiscriminator | None = None,
+    reference: Mapping[str, torch.Tensor] | None = None,
+    proximal_mu: float = 0.0,
+    seed: int | None = None,
+    history: list[dict[str, float]] | None = None,
+    progress: bool = False,
+) -> dict[str, float]:
+    """Train the autoencoder on image batches (B, 1, H, W) for ``cfg.ae_epochs``.
+
+    Loss: L1 + cfg.kl_weight * KL (+ cfg.adv_weight * patch-adversarial term once
+    ``cfg.adv_start_step`` steps are done, which needs ``discriminator``), plus the FedProx
+    term when ``reference`` and ``proximal_mu`` > 0 are given.
+    """
+    if cfg.adv_weight > 0 and discriminator is None:
+        raise ValueError("train.adv_weight > 0 needs a PatchDiscriminator (discriminator=...)")
+    if seed is not None:
+        seed_everything(seed)
+    ae.to(device).train()
+    opt = torch.optim.AdamW(ae.parameters(), lr=cfg.lr_ae, weight_decay=cfg.weight_decay)
+    opt_d = None
+    if discriminator is not None and cfg.adv_weight > 0:
+        discriminator.to(device).train()
+        opt_d = torch.optim.AdamW(discriminator.parameters(), lr=cfg.lr_ae, betas=(0.5, 0.9))
+    done = 0
+
+    def step(batch: Batch) -> dict[str, float]:
+        nonlocal done
+        x = batch["image"].to(device, non_blocking=True)
+        with autocast(device, cfg.mixed_precision):
+            loss, recon, parts = autoencoder_loss(ae, x, cfg.kl_weight)
+            adversarial = opt_d is not None and done >= cfg.adv_start_step
+            if adversarial:
+                g_loss = -discriminator(recon).mean()
+                loss = loss + cfg.adv_weight * g_loss
+                parts["g_adv"] = g_loss.item()
+            if reference is not None and proximal_mu > 0:
+                loss = loss + proximal_term(ae, reference, proximal_mu)
+        _optimise(ae, opt, loss, cfg.grad_clip)
+        if adversarial:
+            with autocast(device, cfg.mixed_precision):
+                d_loss = hinge_d_loss(discriminator(2 * x - 1), discriminator(recon.detach()))
+            _optimise(discriminator, opt_d, d_loss, cfg.grad_clip)
+            parts["d_adv"] = d_loss.item()
+        done += 1
+        return {"loss": loss.item(), **parts}
+
+    return _run(loader, cfg.ae_epochs, cfg.max_steps_ae, step, history, progress, "autoencoder")
+
+
+def train_ldm(
+    denoiser: nn.Module,
+    ae: AutoencoderKL,
+    scheduler: SchedulerMixin,
+    loader: Iterable[Batch],
+    cfg: TrainConfig,
+    device: torch.device,
+    *,
+    cond_dropout: float = 0.0,
+    optimizer: torch.optim.Optimizer | None = None,
+    ema: EMAModel | None = None,
+    reference: Mapping[str, torch.Tensor] | None = None,
+    proximal_mu: float = 0.0,
+    seed: int | None = None,
+    history: list[dict[str, float]] | None = None,
+    progress: bool = False,
+) -> dict[str, float]:
+    """Train SNP encoder + UNet with the frozen autoencoder for ``cfg.ldm_epochs``.
+
+    Per batch: images (B, 1, H, W) -> scaled latents (B, c, H/4, W/4) -> add noise at random
+    t -> predict -> MSE by ``prediction_type`` (eq. 11), conditions dropped with probability
+    ``cond_dropout`` (classifier-free guidance). ``denoiser`` may be an Opacus wrapper of a
+    ``ConditionalDenoiser``; then pass its DP optimiser. ``ema`` is updated after every step.
+    """
+    if seed is not None:
+        seed_everything(seed)
+    ae.to(device).eval().requires_grad_(False)
+    denoiser.to(device).train()
+    opt = optimizer or torch.optim.AdamW(
+        denoiser.parameters(), lr=cfg.lr_ldm, weight_decay=cfg.weight_decay
+    )
+
+    def step(batch: Batch) -> dict[str, float]:
+        x = batch["image"].to(device, non_blocking=True)
+        genotypes = batch["genotypes"].to(device)
+        labels = batch["label"].to(device)
+        with autocast(device, cfg.mixed_precision):
+            with torch.no_grad():
+                z0 = encode_latents(ae, x).float()
+            mse = diffusion_loss(denoiser, scheduler, z0, genotypes, labels, cond_dropout)
+            loss = mse
+            if reference is not None and proximal_mu > 0:
+                loss = loss + proximal_term(denoiser, reference, proximal_mu)
+        _optimise(denoiser, opt, loss, cfg.grad_clip)
+        if ema is not None:
+            ema.step(denoiser.parameters())
+        return {"loss": loss.item(), "mse": mse.item()}
+
+    return _run(loader, cfg.ldm_epochs, cfg.max_steps_ldm, step, history, progress, "ldm")
+
+
+@torch.no_grad()
+def evaluate_autoencoder(
+    ae: AutoencoderKL, loader: Iterable[Batch], device: torch.device
+) -> dict[str, float]:
+    """Held-out reconstruction quality through the latent (posterior mode): L1, PSNR, SSIM."""
+    ae.to(device).eval()
+    sums = {"l1": 0.0, "psnr": 0.0, "ssim": 0.0}
+    n = 0
+    for batch in loader:
+        x = batch["image"].to(device)
+        z = ae.encode(2 * x - 1).latent_dist.mode() * ae.config.scaling_factor
+        recon = decode_latents(ae, z)
+        b = x.shape[0]
+        sums["l1"] += (recon - x).abs().mean().item() * b
+        sums["psnr"] += peak_signal_noise_ratio(recon, x, data_range=1.0).item() * b
+        sums["ssim"] += structural_similarity_index_measure(recon, x, data_range=1.0).item() * b
+        n += b
+    if n == 0:
+        raise ValueError("evaluate_autoencoder: the data loader yielded no batch")
+    return {**{k: v / n for k, v in sums.items()}, "num_examples": float(n)}
+
+
+@torch.no_grad()
+def evaluate_ldm(
+    denoiser: nn.Module,
+    ae: AutoencoderKL,
+    scheduler: SchedulerMixin,
+    loader: Iterable[Batch],
+    device: torch.device,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Held-out noise-prediction MSE with seeded noise and timesteps (comparable across
+    rounds and sites)."""
+    denoiser.to(device).eval()
+    ae.to(device).eval()
+    generator = torch.Generator(device=device).manual_seed(seed)
+    total, n = 0.0, 0
+    for batch in loader:
+        z0 = encode_latents(ae, batch["image"].to(device), generator=generator)
+        loss = diffusion_loss(
+            denoiser,
+            scheduler,
+            z0,
+            batch["genotypes"].to(device),
+            batch["label"].to(device),
+            generator=generator,
+        )
+        total += loss.item() * z0.shape[0]
+        n += z0.shape[0]
+    if n == 0:
+        raise ValueError("evaluate_ldm: the data loader yielded no batch")
+    return {"mse": total / n, "num_examples": float(n)}
