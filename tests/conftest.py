@@ -1,0 +1,31 @@
+"""Shared fixtures: one small synthetic cohort per test session."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from conf import load_config, to_object
+from conf.schema import CohortConfig
+
+PLINK = shutil.which("plink1.9") or shutil.which("plink")
+requires_plink = pytest.mark.skipif(PLINK is None, reason="plink1.9 is not installed")
+
+
+def small_cohort_config(**changes: object) -> CohortConfig:
+    """The ``small`` preset (4 mm voxels) with enough controls per site to detect HWE plants."""
+    cfg: CohortConfig = to_object(load_config(config_name="simulate", overrides="cohort=small").cohort)
+    base = replace(cfg, subjects_per_site=[48, 40, 52], n_background_snps=600, workers=1)
+    return replace(base, **changes)
+
+
+@pytest.fixture(scope="session")
+def cohort_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from simulations.cohort import simulate_cohort
+
+    out = tmp_path_factory.mktemp("cohort")
+    simulate_cohort(small_cohort_config(), out, seed=11)
+    return out
