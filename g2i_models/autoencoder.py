@@ -40,6 +40,11 @@ def build_autoencoder(cfg: ModelConfig, image_size: int) -> AutoencoderKL:
     )
 
 
+def latent_size(ae: AutoencoderKL) -> int:
+    """Side of the latent grid: image size / 2**(levels - 1)."""
+    return ae.config.sample_size // 2 ** (len(ae.config.block_out_channels) - 1)
+
+
 def encode_latents(
     ae: AutoencoderKL, x: torch.Tensor, generator: torch.Generator | None = None
 ) -> torch.Tensor:

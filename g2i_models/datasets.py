@@ -30,9 +30,7 @@ class SyntheticSliceDataset(Dataset):
     both show in the image. Item ``i`` depends only on (seed, i).
     """
 
-    def __init__(
-        self, n: int = 64, image_size: int = 64, n_snps: int = 20, seed: int = 0
-    ) -> None:
+    def __init__(self, n: int = 64, image_size: int = 64, n_snps: int = 20, seed: int = 0) -> None:
         if n_snps < 2:
             raise ValueError("SyntheticSliceDataset needs n_snps >= 2")
         self.n, self.image_size, self.n_snps, self.seed = n, image_size, n_snps, seed

@@ -56,6 +56,7 @@ class G2IPipeline(DiffusionPipeline):
         sampler: str = "ddim",
         sample_steps: int = 50,
         guidance_scale: float = 1.0,
+        allele_freqs: list[float] | None = None,
         versions: dict[str, str] | None = None,
     ) -> None:
         super().__init__()
@@ -67,6 +68,7 @@ class G2IPipeline(DiffusionPipeline):
             sampler=sampler,
             sample_steps=sample_steps,
             guidance_scale=guidance_scale,
+            allele_freqs=allele_freqs,
             versions=versions or library_versions(),
         )
         # Validates the variant against the components (an SNP encoder when genotypes are used).
@@ -97,6 +99,14 @@ class G2IPipeline(DiffusionPipeline):
     def scale_factor(self) -> float:
         """The latent scale factor 1/std(z) stored with the autoencoder."""
         return float(self.vae.config.scaling_factor)
+
+    def sample_genotypes(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """(n, n_snps) genotypes drawn from the stored risk-allele frequencies (HWE)."""
+        freqs = self.config.allele_freqs
+        if freqs is None:
+            raise ValueError("this model stores no allele frequencies; pass genotypes")
+        p = torch.tensor(freqs, dtype=torch.float32).expand(n, 2, -1)
+        return torch.bernoulli(p, generator=generator).sum(1).long()
 
     @torch.no_grad()
     def __call__(

@@ -190,9 +190,7 @@ class ConditionalDenoiser(nn.Module):
             pooled = SNPEncoder.pool(snp_tokens)  # (B, d)
             class_labels = pooled if class_labels is None else torch.cat([pooled, onehot], 1)
             snp_tokens = None
-        return self.unet(
-            z_t, t, encoder_hidden_states=snp_tokens, class_labels=class_labels
-        ).sample
+        return self.unet(z_t, t, encoder_hidden_states=snp_tokens, class_labels=class_labels).sample
 
 
 def build_denoiser(cfg: ModelConfig, n_snps: int, latent_size: int) -> ConditionalDenoiser:

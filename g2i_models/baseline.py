@@ -1,0 +1,169 @@
+"""The centralized baseline: autoencoder, then LDM, on one dataset; writes the model folder,
+sample grids, loss curves and metrics. ``g2i-train`` is a thin CLI over ``train_centralized``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+from diffusers.training_utils import EMAModel
+from torch.utils.data import DataLoader, Dataset
+
+from conf.schema import ModelConfig, TrainConfig
+from g2i_models.autoencoder import (
+    PatchDiscriminator,
+    build_autoencoder,
+    latent_moments,
+    latent_size,
+    scale_factor_from_moments,
+    set_scale_factor,
+)
+from g2i_models.device import get_device, seed_everything
+from g2i_models.diffusion import build_noise_scheduler
+from g2i_models.pipeline import G2IPipeline, generate
+from g2i_models.plots import CLASS_NAMES, save_loss_curves, save_sample_grid
+from g2i_models.snp_encoder import MISSING_GENOTYPE
+from g2i_models.train import evaluate_autoencoder, evaluate_ldm, train_autoencoder, train_ldm
+from g2i_models.unet import build_denoiser
+
+log = logging.getLogger(__name__)
+
+
+def allele_frequencies(dataset: Dataset) -> list[float]:
+    """Per-SNP risk-allele frequency over the known genotypes of ``dataset``."""
+    genotypes = torch.stack([dataset[i]["genotypes"] for i in range(len(dataset))])
+    known = genotypes != MISSING_GENOTYPE
+    counts = torch.where(known, genotypes, 0).sum(0).float()
+    return (counts / (2 * known.sum(0).clamp(min=1))).tolist()
+
+
+def conditions_per_class(
+    dataset: Dataset, per_class: int, num_classes: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Genotypes (B, n_snps) and labels (B,) of up to ``per_class`` subjects of each class."""
+    picked: dict[int, list[torch.Tensor]] = {k: [] for k in range(num_classes)}
+    for i in range(len(dataset)):
+        item = dataset[i]
+        k = int(item["label"])
+        if len(picked[k]) < per_class:
+            picked[k].append(item["genotypes"])
+    genotypes = [g for k in range(num_classes) for g in picked[k]]
+    labels = [k for k in range(num_classes) for _ in picked[k]]
+    return torch.stack(genotypes), torch.tensor(labels)
+
+
+def train_centralized(
+    train_set: Dataset,
+    val_set: Dataset,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    out_dir: str | Path,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, float]:
+    """Train the autoencoder, fix the latent scale, train the LDM, save and plot.
+
+    Writes ``out_dir``/model (``G2IPipeline`` folder), samples.png, real.png,
+    ae_loss.{csv,png}, ldm_loss.{csv,png} and metrics.json. Returns the metrics.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    device = get_device(train_cfg.device)
+    seed_everything(seed)
+    sample = train_set[0]
+    image_size = sample["image"].shape[-1]
+    n_snps = sample["genotypes"].numel()
+    loader_kw = {"batch_size": train_cfg.batch_size, "num_workers": train_cfg.num_workers}
+    shuffle_gen = torch.Generator().manual_seed(seed)
+    train_loader = DataLoader(
+        train_set, shuffle=True, drop_last=True, generator=shuffle_gen, **loader_kw
+    )
+    val_loader = DataLoader(val_set, shuffle=False, **loader_kw)
+    metrics: dict[str, float] = {}
+
+    ae = build_autoencoder(model_cfg, image_size).to(device)
+    before = evaluate_autoencoder(ae, val_loader, device)
+    disc = PatchDiscriminator() if train_cfg.adv_weight > 0 else None
+    ae_history: list[dict[str, float]] = []
+    train_autoencoder(
+        ae,
+        train_loader,
+        train_cfg,
+        device,
+        discriminator=disc,
+        seed=seed,
+        history=ae_history,
+        progress=progress,
+    )
+    after = evaluate_autoencoder(ae, val_loader, device)
+    metrics.update(ae_val_psnr_before=before["psnr"], ae_val_psnr=after["psnr"])
+    metrics.update(ae_val_ssim=after["ssim"], ae_val_l1=after["l1"])
+    scale = scale_factor_from_moments(
+        *latent_moments(ae, train_loader, device, train_cfg.scale_batches, seed)
+    )
+    set_scale_factor(ae, scale)
+    metrics["latent_scale_factor"] = scale
+    log.info(
+        "autoencoder: val PSNR %.2f -> %.2f dB, scale %.4f", before["psnr"], after["psnr"], scale
+    )
+
+    denoiser = build_denoiser(model_cfg, n_snps, latent_size(ae)).to(device)
+    scheduler = build_noise_scheduler(model_cfg)
+    ema = EMAModel(denoiser.parameters(), decay=train_cfg.ema_decay)
+    metrics["ldm_val_mse_before"] = evaluate_ldm(denoiser, ae, scheduler, val_loader, device)["mse"]
+    ldm_history: list[dict[str, float]] = []
+    train_ldm(
+        denoiser,
+        ae,
+        scheduler,
+        train_loader,
+        train_cfg,
+        device,
+        cond_dropout=model_cfg.cond_dropout,
+        ema=ema,
+        seed=seed,
+        history=ldm_history,
+        progress=progress,
+    )
+    metrics["ldm_val_mse_raw"] = evaluate_ldm(denoiser, ae, scheduler, val_loader, device)["mse"]
+    ema.copy_to(denoiser.parameters())
+    metrics["ldm_val_mse"] = evaluate_ldm(denoiser, ae, scheduler, val_loader, device)["mse"]
+
+    pipeline = G2IPipeline.from_parts(
+        ae,
+        denoiser,
+        scheduler,
+        sampler=model_cfg.sampler,
+        sample_steps=model_cfg.sample_steps,
+        guidance_scale=model_cfg.guidance_scale,
+        allele_freqs=allele_frequencies(train_set),
+    )
+    pipeline.save_pretrained(out / "model")
+    genotypes, labels = conditions_per_class(
+        val_set, train_cfg.samples_per_class, model_cfg.num_classes
+    )
+    images = generate(pipeline, genotypes, labels, seed=seed, progress=progress)
+    names = CLASS_NAMES[: model_cfg.num_classes]
+    title = f"{model_cfg.variant}: {model_cfg.sampler}, {model_cfg.sample_steps} steps"
+    save_sample_grid(images, labels, out / "samples.png", names, title=title)
+    real = torch.stack([val_set[i]["image"] for i in range(len(val_set))])
+    real_labels = torch.stack([val_set[i]["label"] for i in range(len(val_set))])
+    save_sample_grid(real[:64], real_labels[:64], out / "real.png", names, title="real (val)")
+    save_loss_curves(ae_history, out / "ae_loss", keys=("loss", "l1"))
+    save_loss_curves(ldm_history, out / "ldm_loss", keys=("mse",))
+    metrics.update(
+        ae_steps=float(len(ae_history)),
+        ldm_steps=float(len(ldm_history)),
+        ldm_train_mse_first=_mean_of(ldm_history[:20], "mse"),
+        ldm_train_mse_last=_mean_of(ldm_history[-20:], "mse"),
+    )
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+def _mean_of(records: list[dict[str, float]], key: str) -> float:
+    values = [r[key] for r in records if key in r]
+    return sum(values) / max(1, len(values))
