@@ -1,0 +1,1 @@
+"""Flower ServerApp of G2I-Fed: coordinates the sites, never sees their raw data."""
