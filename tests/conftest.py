@@ -17,7 +17,9 @@ requires_plink = pytest.mark.skipif(PLINK is None, reason="plink1.9 is not insta
 
 def small_cohort_config(**changes: object) -> CohortConfig:
     """The ``small`` preset (4 mm voxels) with enough controls per site to detect HWE plants."""
-    cfg: CohortConfig = to_object(load_config(config_name="simulate", overrides="cohort=small").cohort)
+    cfg: CohortConfig = to_object(
+        load_config(config_name="simulate", overrides="cohort=small").cohort
+    )
     base = replace(cfg, subjects_per_site=[48, 40, 52], n_background_snps=600, workers=1)
     return replace(base, **changes)
 

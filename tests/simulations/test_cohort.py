@@ -56,7 +56,9 @@ def test_truth_is_outside_every_site(cohort_dir: Path) -> None:
 
 def test_array_holds_the_whole_catalog_with_apoe(cohort_dir: Path) -> None:
     catalog = pd.read_csv(
-        Path(__file__).parents[2] / "simulations" / "data" / "ad-snp-catalog.tsv", sep="\t", comment="#"
+        Path(__file__).parents[2] / "simulations" / "data" / "ad-snp-catalog.tsv",
+        sep="\t",
+        comment="#",
     )
     bim = pd.read_csv(cohort_dir / "site-0" / "genotypes.bim", sep="\t", header=None)
     by_id = bim.set_index(1)
@@ -79,7 +81,16 @@ def test_pandas_plink_reads_back_what_plink_reads(cohort_dir: Path, tmp_path: Pa
     ours = g.values  # (sample, variant), copies of A1, NaN missing
     if PLINK is None:
         pytest.skip("plink1.9 is not installed")
-    _plink("--bfile", str(prefix), "--keep-allele-order", "--recode", "A", "--out", str(tmp_path / "raw"), cwd=tmp_path)
+    _plink(
+        "--bfile",
+        str(prefix),
+        "--keep-allele-order",
+        "--recode",
+        "A",
+        "--out",
+        str(tmp_path / "raw"),
+        cwd=tmp_path,
+    )
     raw = pd.read_csv(tmp_path / "raw.raw", sep=r"\s+")
     ref = raw.iloc[:, 6:].to_numpy(dtype=float)  # counts of A1
     np.testing.assert_array_equal(np.isnan(ours), np.isnan(ref))
@@ -105,15 +116,37 @@ def test_write_plink_round_trip(tmp_path: Path) -> None:
 def test_plink_accepts_freq_missing_hardy(cohort_dir: Path, tmp_path: Path) -> None:
     for sdir in _site_dirs(cohort_dir):
         out = tmp_path / sdir.name
-        _plink("--bfile", str(sdir / "genotypes"), "--freq", "--missing", "--hardy", "--out",
-               str(out), cwd=tmp_path)
+        _plink(
+            "--bfile",
+            str(sdir / "genotypes"),
+            "--freq",
+            "--missing",
+            "--hardy",
+            "--out",
+            str(out),
+            cwd=tmp_path,
+        )
         for ext in (".frq", ".imiss", ".lmiss", ".hwe"):
             assert (out.parent / (out.name + ext)).stat().st_size > 0
 
 
 def _plink_qc_removed(prefix: Path, out: Path) -> dict[str, object]:
-    log = _plink("--bfile", str(prefix), "--mind", "0.05", "--geno", "0.05", "--hwe", "1e-5",
-                 "--maf", "0.01", "--make-bed", "--out", str(out), cwd=out.parent)
+    log = _plink(
+        "--bfile",
+        str(prefix),
+        "--mind",
+        "0.05",
+        "--geno",
+        "0.05",
+        "--hwe",
+        "1e-5",
+        "--maf",
+        "0.01",
+        "--make-bed",
+        "--out",
+        str(out),
+        cwd=out.parent,
+    )
     patterns = {
         "mind": r"(\d+) (?:people|person) removed due to missing genotype data \(--mind\)",
         "geno": r"(\d+) variants? removed due to missing genotype data \(--geno\)",
@@ -152,8 +185,16 @@ def test_pooled_cohort_matches_truth(cohort_dir: Path, tmp_path: Path) -> None:
     sites = _site_dirs(cohort_dir)
     merge = tmp_path / "merge.txt"
     merge.write_text("\n".join(str(s / "genotypes") for s in sites[1:]) + "\n")
-    _plink("--bfile", str(sites[0] / "genotypes"), "--merge-list", str(merge), "--make-bed",
-           "--out", str(tmp_path / "pooled"), cwd=tmp_path)
+    _plink(
+        "--bfile",
+        str(sites[0] / "genotypes"),
+        "--merge-list",
+        str(merge),
+        "--make-bed",
+        "--out",
+        str(tmp_path / "pooled"),
+        cwd=tmp_path,
+    )
     got = _plink_qc_removed(tmp_path / "pooled", tmp_path / "pooled_qc")
     expected = json.loads((cohort_dir / "truth" / "qc_expected.json").read_text())["pooled"]
     planted = json.loads((cohort_dir / "truth" / "qc_planted.json").read_text())
@@ -243,13 +284,20 @@ def test_apoe_snps_follow_apgen(cohort_dir: Path) -> None:
 
 def test_site_options_flip_swap_and_drop(tmp_path: Path) -> None:
     cfg = small_cohort_config(
-        n_sites=3, subjects_per_site=[8], n_background_snps=100, write_mri=False,
-        strand_flip_sites=[1], allele_swap_sites=[2], no_apoe_sites=[2],
+        n_sites=3,
+        subjects_per_site=[8],
+        n_background_snps=100,
+        write_mri=False,
+        strand_flip_sites=[1],
+        allele_swap_sites=[2],
+        no_apoe_sites=[2],
     )
     simulate_cohort(cfg, tmp_path, seed=3)
     arrays = json.loads((tmp_path / "truth" / "site_arrays.json").read_text())
-    bims = {k: pd.read_csv(tmp_path / k / "genotypes.bim", sep="\t", header=None).set_index(1)
-            for k in ("site-0", "site-1", "site-2")}
+    bims = {
+        k: pd.read_csv(tmp_path / k / "genotypes.bim", sep="\t", header=None).set_index(1)
+        for k in ("site-0", "site-1", "site-2")
+    }
     comp = str.maketrans("ACGT", "TGCA")
     assert arrays["site-1"]["strand_flipped"]
     for snp in arrays["site-1"]["strand_flipped"]:
@@ -264,20 +312,25 @@ def test_site_options_flip_swap_and_drop(tmp_path: Path) -> None:
 
 
 def test_same_seed_same_bytes(tmp_path: Path) -> None:
-    cfg = small_cohort_config(subjects_per_site=[3, 2], n_sites=2, voxel_size_mm=8.0,
-                              n_background_snps=80)
-    a, b, c = (simulate_cohort(cfg, tmp_path / n, seed=s).parent
-               for n, s in (("a", 4), ("b", 4), ("c", 5)))
+    cfg = small_cohort_config(
+        subjects_per_site=[3, 2], n_sites=2, voxel_size_mm=8.0, n_background_snps=80
+    )
+    a, b, c = (
+        simulate_cohort(cfg, tmp_path / n, seed=s).parent for n, s in (("a", 4), ("b", 4), ("c", 5))
+    )
     files_a = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
     assert files_a == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
     for rel in files_a:
         assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
-    assert (a / "site-0" / "genotypes.bed").read_bytes() != (c / "site-0" / "genotypes.bed").read_bytes()
+    assert (a / "site-0" / "genotypes.bed").read_bytes() != (
+        c / "site-0" / "genotypes.bed"
+    ).read_bytes()
 
 
 def test_existing_cohort_is_kept_or_refused(tmp_path: Path) -> None:
-    cfg = small_cohort_config(n_sites=1, subjects_per_site=[4], write_mri=False,
-                              n_background_snps=50)
+    cfg = small_cohort_config(
+        n_sites=1, subjects_per_site=[4], write_mri=False, n_background_snps=50
+    )
     m = simulate_cohort(cfg, tmp_path, seed=1)
     stamp = m.stat().st_mtime_ns
     assert simulate_cohort(cfg, tmp_path, seed=1).stat().st_mtime_ns == stamp
