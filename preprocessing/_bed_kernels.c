@@ -1,0 +1,543 @@
+/*
+ * Compiled kernels over packed PLINK .bed rows and genotype counts.
+ *
+ * A .bed row holds one SNP: 2 bits per sample, four samples per byte, the first sample in
+ * the lowest bits; codes 00 = hom A1, 01 = missing, 10 = het, 11 = hom A2.  Rows are read
+ * as little-endian 64-bit words (32 samples each).  For a word w, lo = w & 0x55.., hi =
+ * (w >> 1) & 0x55..; popcounts of lo, hi and lo & hi under a sample mask give every
+ * genotype count of that subset (see preprocessing/bed_kernels.py).
+ *
+ * Every function releases the GIL, so callers may split rows across threads.
+ * The pure-numpy fallbacks in bed_kernels.py define the same results.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#define M5 0x5555555555555555ULL
+
+/* The counting loop, compiled twice: with the hardware popcount instruction where the CPU
+ * has it (chosen at run time), and portable. */
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#define HAVE_POPCNT_VARIANT 1
+#define POPCNT_TARGET __attribute__((target("popcnt")))
+#else
+#define HAVE_POPCNT_VARIANT 0
+#define POPCNT_TARGET
+#endif
+
+/* Load word k (8 bytes) of a row of nb bytes; bytes past the row end read as zero. */
+static inline uint64_t load_word(const uint8_t *row, Py_ssize_t nb, Py_ssize_t k) {
+    uint64_t w = 0;
+    Py_ssize_t start = k * 8;
+    Py_ssize_t len = nb - start;
+    if (len >= 8) {
+        memcpy(&w, row + start, 8);
+    } else if (len > 0) {
+        memcpy(&w, row + start, (size_t)len);
+    }
+    return w;
+}
+
+#define COUNT_ROWS_BODY                                                                    \
+    Py_ssize_t n_words = (nb + 7) / 8;                                                     \
+    for (Py_ssize_t r = 0; r < n_rows; r++) {                                              \
+        const uint8_t *row = base + (row_start + r) * nb;                                  \
+        uint32_t acc[16 * 3];                                                              \
+        memset(acc, 0, sizeof(acc));                                                       \
+        for (Py_ssize_t k = 0; k < n_words; k++) {                                         \
+            uint64_t w = load_word(row, nb, k);                                            \
+            uint64_t lo = w & M5;                                                          \
+            uint64_t hi = (w >> 1) & M5;                                                   \
+            uint64_t both = lo & hi;                                                       \
+            for (Py_ssize_t m = 0; m < n_masks; m++) {                                     \
+                uint64_t msk = mk[m * n_words + k];                                        \
+                acc[3 * m] += __builtin_popcountll(lo & msk);                              \
+                acc[3 * m + 1] += __builtin_popcountll(hi & msk);                          \
+                acc[3 * m + 2] += __builtin_popcountll(both & msk);                        \
+            }                                                                              \
+        }                                                                                  \
+        memcpy(res + r * n_masks * 3, acc, (size_t)n_masks * 3 * sizeof(uint32_t));        \
+    }
+
+#if HAVE_POPCNT_VARIANT
+POPCNT_TARGET static void count_rows_popcnt(const uint8_t *base, Py_ssize_t nb,
+                                            Py_ssize_t row_start, Py_ssize_t n_rows,
+                                            const uint64_t *mk, Py_ssize_t n_masks,
+                                            uint32_t *res) {
+    COUNT_ROWS_BODY
+}
+#endif
+
+static void count_rows_generic(const uint8_t *base, Py_ssize_t nb, Py_ssize_t row_start,
+                               Py_ssize_t n_rows, const uint64_t *mk, Py_ssize_t n_masks,
+                               uint32_t *res) {
+    COUNT_ROWS_BODY
+}
+
+/* count_masks(bed, nb, row_start, row_stop, masks, n_masks, out)
+ * bed: the genotype bytes (row r at r * nb); masks: n_masks x W uint64 words with bit 2s
+ * set for sample s in the subset; out: (row_stop - row_start) x n_masks x 3 uint32 =
+ * popcount(lo), popcount(hi), popcount(lo & hi) per row and mask. */
+static PyObject *count_masks(PyObject *self, PyObject *args) {
+    Py_buffer bed, masks, out;
+    Py_ssize_t nb, row_start, row_stop, n_masks;
+    if (!PyArg_ParseTuple(args, "y*nnny*nw*", &bed, &nb, &row_start, &row_stop, &masks,
+                          &n_masks, &out)) {
+        return NULL;
+    }
+    Py_ssize_t n_words = (nb + 7) / 8;
+    Py_ssize_t n_rows = row_stop - row_start;
+    int ok = row_start >= 0 && row_stop >= row_start && row_stop * nb <= bed.len &&
+             masks.len >= (Py_ssize_t)(n_masks * n_words * 8) && n_masks <= 16 &&
+             out.len >= (Py_ssize_t)(n_rows * n_masks * 3 * 4);
+    if (ok) {
+        const uint8_t *base = (const uint8_t *)bed.buf;
+        const uint64_t *mk = (const uint64_t *)masks.buf;
+        uint32_t *res = (uint32_t *)out.buf;
+        Py_BEGIN_ALLOW_THREADS
+#if HAVE_POPCNT_VARIANT
+        if (__builtin_cpu_supports("popcnt")) {
+            count_rows_popcnt(base, nb, row_start, n_rows, mk, n_masks, res);
+        } else {
+            count_rows_generic(base, nb, row_start, n_rows, mk, n_masks, res);
+        }
+#else
+        count_rows_generic(base, nb, row_start, n_rows, mk, n_masks, res);
+#endif
+        Py_END_ALLOW_THREADS
+    }
+    PyBuffer_Release(&bed);
+    PyBuffer_Release(&masks);
+    PyBuffer_Release(&out);
+    if (!ok) {
+        PyErr_SetString(PyExc_ValueError, "count_masks: buffer sizes do not match");
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+/* sample_missing(bed, nb, row_start, row_stop, mask, out): out[s] += number of rows where
+ * sample s (selected by mask, 2s bits) has the missing code 01.  out: uint32, >= 32 * W. */
+static PyObject *sample_missing(PyObject *self, PyObject *args) {
+    Py_buffer bed, mask, out;
+    Py_ssize_t nb, row_start, row_stop;
+    if (!PyArg_ParseTuple(args, "y*nnny*w*", &bed, &nb, &row_start, &row_stop, &mask, &out)) {
+        return NULL;
+    }
+    Py_ssize_t n_words = (nb + 7) / 8;
+    int ok = row_start >= 0 && row_stop >= row_start && row_stop * nb <= bed.len &&
+             mask.len >= n_words * 8 && out.len >= n_words * 32 * 4;
+    if (ok) {
+        const uint8_t *base = (const uint8_t *)bed.buf;
+        const uint64_t *mk = (const uint64_t *)mask.buf;
+        uint32_t *res = (uint32_t *)out.buf;
+        Py_BEGIN_ALLOW_THREADS
+        for (Py_ssize_t r = row_start; r < row_stop; r++) {
+            const uint8_t *row = base + r * nb;
+            for (Py_ssize_t k = 0; k < n_words; k++) {
+                uint64_t w = load_word(row, nb, k);
+                uint64_t miss = w & ~(w >> 1) & mk[k];
+                while (miss) {
+                    res[k * 32 + (__builtin_ctzll(miss) >> 1)] += 1;
+                    miss &= miss - 1;
+                }
+            }
+        }
+        Py_END_ALLOW_THREADS
+    }
+    PyBuffer_Release(&bed);
+    PyBuffer_Release(&mask);
+    PyBuffer_Release(&out);
+    if (!ok) {
+        PyErr_SetString(PyExc_ValueError, "sample_missing: buffer sizes do not match");
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+/* Swap hom A1 (00) and hom A2 (11) in each 2-bit field of a byte. */
+static uint8_t reverse_lut[256];
+
+static void init_reverse_lut(void) {
+    for (int b = 0; b < 256; b++) {
+        uint8_t v = 0;
+        for (int f = 0; f < 4; f++) {
+            uint8_t c = (uint8_t)((b >> (2 * f)) & 3);
+            if (c == 0 || c == 3) {
+                c ^= 3;
+            }
+            v |= (uint8_t)(c << (2 * f));
+        }
+        reverse_lut[b] = v;
+    }
+}
+
+/* extract_rows(bed, nb, rows, reverse, keep, n_keep, out)
+ * Writes the rows listed in `rows` (int64) to out (n_rows x ceil(n_keep / 4) bytes),
+ * keeping the samples listed in `keep` (int64, ascending); an empty `keep` keeps all
+ * samples.  Rows with reverse[i] != 0 get A1/A2 swapped.  Padding bits are written as 0. */
+static PyObject *extract_rows(PyObject *self, PyObject *args) {
+    Py_buffer bed, rows, rev, keep, out;
+    Py_ssize_t nb, n_keep;
+    if (!PyArg_ParseTuple(args, "y*ny*y*y*nw*", &bed, &nb, &rows, &rev, &keep, &n_keep, &out)) {
+        return NULL;
+    }
+    Py_ssize_t n_rows = rows.len / 8;
+    Py_ssize_t nb_out = (n_keep + 3) / 4;
+    Py_ssize_t n_keep_listed = keep.len / 8;
+    int all_samples = n_keep_listed == 0;
+    int ok = rev.len >= n_rows && out.len >= n_rows * nb_out &&
+             (all_samples ? nb_out == nb : n_keep_listed == n_keep);
+    const int64_t *row_idx = (const int64_t *)rows.buf;
+    const int64_t *keep_idx = (const int64_t *)keep.buf;
+    for (Py_ssize_t i = 0; ok && i < n_rows; i++) {
+        ok = row_idx[i] >= 0 && (row_idx[i] + 1) * nb <= bed.len;
+    }
+    for (Py_ssize_t i = 0; ok && i < n_keep_listed; i++) {
+        ok = keep_idx[i] >= 0 && keep_idx[i] < nb * 4;
+    }
+    if (ok) {
+        const uint8_t *base = (const uint8_t *)bed.buf;
+        const uint8_t *flip = (const uint8_t *)rev.buf;
+        uint8_t *dst = (uint8_t *)out.buf;
+        uint8_t tail_mask = (n_keep % 4) ? (uint8_t)((1u << (2 * (n_keep % 4))) - 1) : 0xFF;
+        Py_BEGIN_ALLOW_THREADS
+        for (Py_ssize_t i = 0; i < n_rows; i++) {
+            const uint8_t *src = base + row_idx[i] * nb;
+            uint8_t *o = dst + i * nb_out;
+            if (all_samples) {
+                if (flip[i]) {
+                    for (Py_ssize_t j = 0; j < nb; j++) {
+                        o[j] = reverse_lut[src[j]];
+                    }
+                } else {
+                    memcpy(o, src, (size_t)nb);
+                }
+            } else {
+                memset(o, 0, (size_t)nb_out);
+                for (Py_ssize_t j = 0; j < n_keep; j++) {
+                    int64_t s = keep_idx[j];
+                    uint8_t c = (uint8_t)((src[s >> 2] >> (2 * (s & 3))) & 3);
+                    o[j >> 2] |= (uint8_t)(c << (2 * (j & 3)));
+                }
+                if (flip[i]) {
+                    for (Py_ssize_t j = 0; j < nb_out; j++) {
+                        o[j] = reverse_lut[o[j]];
+                    }
+                }
+            }
+            if (nb_out) {
+                o[nb_out - 1] &= tail_mask;
+            }
+        }
+        Py_END_ALLOW_THREADS
+    }
+    PyBuffer_Release(&bed);
+    PyBuffer_Release(&rows);
+    PyBuffer_Release(&rev);
+    PyBuffer_Release(&keep);
+    PyBuffer_Release(&out);
+    if (!ok) {
+        PyErr_SetString(PyExc_ValueError, "extract_rows: indices or buffer sizes out of range");
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+/* ---- Hardy-Weinberg exact test (Wigginton, Cutler and Abecasis 2005) ----
+ * With n genotypes and `rare` copies of the rarer allele, the het count h has the same
+ * parity as rare; with homr = (rare - h) / 2 and homc = n - h - homr,
+ *   P(h + 2) / P(h) = 4 homr homc / ((h + 2)(h + 1)).
+ * Configurations no more likely than the observed one (relative tolerance HWE_TOL) form the
+ * tail; p = tail / total.  Mid-p subtracts half the probability of the configurations that
+ * tie with the observed one. */
+#define HWE_TOL 1e-12
+
+static inline double ratio_up(double h, double homr, double homc) {
+    return 4.0 * homr * homc / ((h + 2.0) * (h + 1.0));
+}
+
+static inline double ratio_down(double h, double homr, double homc) {
+    return h * (h - 1.0) / (4.0 * (homr + 1.0) * (homc + 1.0));
+}
+
+static double hwe_p(int64_t het, int64_t hom1, int64_t hom2, int midp) {
+    int64_t n = het + hom1 + hom2;
+    if (n <= 0) {
+        return midp ? 0.5 : 1.0;
+    }
+    int64_t homr0 = hom1 < hom2 ? hom1 : hom2;
+    int64_t rare = 2 * homr0 + het;
+    int64_t mid = (int64_t)(((double)rare * (double)(2 * n - rare)) / (double)(2 * n));
+    if ((rare - mid) & 1) {
+        mid++;
+    }
+    if (mid > rare) {
+        mid -= 2;
+    }
+    /* probability of the observed count relative to the mode-ish start */
+    double p_obs = 1.0;
+    {
+        double h = (double)mid, homr = (double)((rare - mid) / 2), homc = (double)(n - mid) - homr;
+        while (h < (double)het) {
+            p_obs *= ratio_up(h, homr, homc);
+            h += 2.0;
+            homr -= 1.0;
+            homc -= 1.0;
+        }
+        while (h > (double)het) {
+            p_obs *= ratio_down(h, homr, homc);
+            h -= 2.0;
+            homr += 1.0;
+            homc += 1.0;
+        }
+    }
+    double hi_lim = p_obs * (1.0 + HWE_TOL);
+    double lo_lim = p_obs * (1.0 - HWE_TOL);
+    double total = 1.0, tail = 0.0;
+    int ties = 0;
+    if (1.0 <= hi_lim) {
+        tail = 1.0;
+        ties += 1.0 >= lo_lim;
+    }
+    for (int dir = -1; dir <= 1; dir += 2) {
+        double p = 1.0;
+        double h = (double)mid, homr = (double)((rare - mid) / 2), homc = (double)(n - mid) - homr;
+        for (;;) {
+            if (dir < 0) {
+                if (h < 1.5) break;
+                p *= ratio_down(h, homr, homc);
+                h -= 2.0;
+                homr += 1.0;
+                homc += 1.0;
+            } else {
+                if (homr < 0.5) break;
+                p *= ratio_up(h, homr, homc);
+                h += 2.0;
+                homr -= 1.0;
+                homc -= 1.0;
+            }
+            total += p;
+            if (p <= hi_lim) {
+                tail += p;
+                ties += p >= lo_lim;
+                /* Past the observed count terms fall geometrically: stop once they no
+                 * longer change the tail sum. */
+                if (p == 0.0 || p < tail * 1e-17) break;
+            }
+        }
+    }
+    double pv = midp ? (tail - 0.5 * p_obs * ties) / total : tail / total;
+    return pv > 1.0 ? 1.0 : pv;
+}
+
+/* Threshold test: 1 when p < thresh.  Walks from the observed count (probability 1)
+ * towards the mode to sum the centre C, then adds tail terms only until the decision is
+ * certain (geometric upper bounds on what is left), which is a few terms for most SNPs. */
+static int hwe_fails(int64_t het, int64_t hom1, int64_t hom2, double thresh, int midp) {
+    int64_t n = het + hom1 + hom2;
+    if (n <= 0) {
+        return midp ? 0.5 < thresh : 0;
+    }
+    int64_t homr0 = hom1 < hom2 ? hom1 : hom2;
+    int64_t homc0 = hom1 < hom2 ? hom2 : hom1;
+    int64_t rare = 2 * homr0 + het;
+    double n_configs = (double)(rare / 2 + 1);
+    double hi_lim = 1.0 + HWE_TOL, lo_lim = 1.0 - HWE_TOL;
+    /* direction towards the mode */
+    double h0 = (double)het, r0 = (double)homr0, c0 = (double)homc0;
+    int dir = (r0 >= 0.5 && ratio_up(h0, r0, c0) > 1.0) ? 1 : -1;
+    double centre = 0.0, tail = 1.0, ties = 1.0;
+    double h = h0, homr = r0, homc = c0, p = 1.0;
+    int far_open = 0; /* the far side (beyond the mode) still has terms */
+    for (;;) {
+        if (dir < 0 ? h < 1.5 : homr < 0.5) break;
+        if (dir < 0) {
+            p *= ratio_down(h, homr, homc);
+            h -= 2.0;
+            homr += 1.0;
+            homc += 1.0;
+        } else {
+            p *= ratio_up(h, homr, homc);
+            h += 2.0;
+            homr -= 1.0;
+            homc -= 1.0;
+        }
+        if (p > hi_lim) {
+            centre += p;
+            if (thresh * centre > n_configs * (1.0 - thresh)) return 1;
+        } else {
+            tail += p;
+            ties += p >= lo_lim;
+            far_open = 1;
+            break;
+        }
+    }
+    double half_ties = midp ? 0.5 * ties : 0.0;
+    double need = thresh * centre; /* pass iff tail (1 - thresh) - half_ties >= need */
+    if (tail * (1.0 - thresh) - half_ties >= need) return 0;
+    /* continue both tails: far side from (h, p) in dir, near side from the observed count */
+    double fh = h, fr = homr, fc = homc, fp = p;
+    double nh = h0, nr = r0, nc = c0, np_ = 1.0;
+    int near_open = 1;
+    while (far_open || near_open) {
+        double bound = 0.0;
+        if (far_open) {
+            if (dir < 0 ? fh < 1.5 : fr < 0.5) {
+                far_open = 0;
+            } else {
+                double q = dir < 0 ? ratio_down(fh, fr, fc) : ratio_up(fh, fr, fc);
+                fp *= q;
+                if (dir < 0) {
+                    fh -= 2.0;
+                    fr += 1.0;
+                    fc += 1.0;
+                } else {
+                    fh += 2.0;
+                    fr -= 1.0;
+                    fc -= 1.0;
+                }
+                tail += fp;
+                if (fp == 0.0) far_open = 0;
+                else if (q < 1.0) bound += fp * q / (1.0 - q);
+                else bound = INFINITY;
+            }
+        }
+        if (near_open) {
+            if (dir > 0 ? nh < 1.5 : nr < 0.5) {
+                near_open = 0;
+            } else {
+                double q = dir > 0 ? ratio_down(nh, nr, nc) : ratio_up(nh, nr, nc);
+                np_ *= q;
+                if (dir > 0) {
+                    nh -= 2.0;
+                    nr += 1.0;
+                    nc += 1.0;
+                } else {
+                    nh += 2.0;
+                    nr -= 1.0;
+                    nc -= 1.0;
+                }
+                tail += np_;
+                if (np_ == 0.0) near_open = 0;
+                else if (q < 1.0) bound += np_ * q / (1.0 - q);
+                else bound = INFINITY;
+            }
+        }
+        if (tail * (1.0 - thresh) - half_ties >= need) return 0;
+        if ((tail + bound) * (1.0 - thresh) - half_ties < need * (1.0 - 1e-9)) return 1;
+    }
+    return tail * (1.0 - thresh) - half_ties < need;
+}
+
+/* hwe_pvalues(het, hom1, hom2, midp, out): int64 count arrays -> float64 p-values. */
+static PyObject *hwe_pvalues(PyObject *self, PyObject *args) {
+    Py_buffer het, hom1, hom2, out;
+    int midp;
+    if (!PyArg_ParseTuple(args, "y*y*y*pw*", &het, &hom1, &hom2, &midp, &out)) {
+        return NULL;
+    }
+    Py_ssize_t n = het.len / 8;
+    int ok = hom1.len == het.len && hom2.len == het.len && out.len == het.len;
+    if (ok) {
+        const int64_t *a = het.buf, *b = hom1.buf, *c = hom2.buf;
+        double *o = out.buf;
+        Py_BEGIN_ALLOW_THREADS
+        for (Py_ssize_t i = 0; i < n; i++) o[i] = hwe_p(a[i], b[i], c[i], midp);
+        Py_END_ALLOW_THREADS
+    }
+    PyBuffer_Release(&het);
+    PyBuffer_Release(&hom1);
+    PyBuffer_Release(&hom2);
+    PyBuffer_Release(&out);
+    if (!ok) {
+        PyErr_SetString(PyExc_ValueError, "hwe_pvalues: arrays must have equal lengths");
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+/* hwe_fail_mask(het, hom1, hom2, thresh, midp, out): out[i] = 1 when p_i < thresh. */
+static PyObject *hwe_fail_mask(PyObject *self, PyObject *args) {
+    Py_buffer het, hom1, hom2, out;
+    double thresh;
+    int midp;
+    if (!PyArg_ParseTuple(args, "y*y*y*dpw*", &het, &hom1, &hom2, &thresh, &midp, &out)) {
+        return NULL;
+    }
+    Py_ssize_t n = het.len / 8;
+    int ok = hom1.len == het.len && hom2.len == het.len && out.len == n;
+    if (ok) {
+        const int64_t *a = het.buf, *b = hom1.buf, *c = hom2.buf;
+        uint8_t *o = out.buf;
+        Py_BEGIN_ALLOW_THREADS
+        for (Py_ssize_t i = 0; i < n; i++) o[i] = (uint8_t)hwe_fails(a[i], b[i], c[i], thresh, midp);
+        Py_END_ALLOW_THREADS
+    }
+    PyBuffer_Release(&het);
+    PyBuffer_Release(&hom1);
+    PyBuffer_Release(&hom2);
+    PyBuffer_Release(&out);
+    if (!ok) {
+        PyErr_SetString(PyExc_ValueError, "hwe_fail_mask: arrays must have equal lengths");
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+/* gather_pieces(src, starts, lengths, out): out = concatenation of
+ * src[starts[i] : starts[i] + lengths[i]] (int64 arrays); used to assemble text lines. */
+static PyObject *gather_pieces(PyObject *self, PyObject *args) {
+    Py_buffer src, starts, lens, out;
+    if (!PyArg_ParseTuple(args, "y*y*y*w*", &src, &starts, &lens, &out)) {
+        return NULL;
+    }
+    Py_ssize_t n = starts.len / 8;
+    const int64_t *st = starts.buf, *ln = lens.buf;
+    int ok = lens.len == starts.len;
+    Py_ssize_t total = 0;
+    for (Py_ssize_t i = 0; ok && i < n; i++) {
+        ok = ln[i] >= 0 && st[i] >= 0 && st[i] + ln[i] <= src.len;
+        total += ln[i];
+    }
+    ok = ok && total <= out.len;
+    if (ok) {
+        const uint8_t *s = src.buf;
+        uint8_t *o = out.buf;
+        Py_BEGIN_ALLOW_THREADS
+        for (Py_ssize_t i = 0; i < n; i++) {
+            memcpy(o, s + st[i], (size_t)ln[i]);
+            o += ln[i];
+        }
+        Py_END_ALLOW_THREADS
+    }
+    PyBuffer_Release(&src);
+    PyBuffer_Release(&starts);
+    PyBuffer_Release(&lens);
+    PyBuffer_Release(&out);
+    if (!ok) {
+        PyErr_SetString(PyExc_ValueError, "gather_pieces: pieces out of range");
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef methods[] = {
+    {"gather_pieces", gather_pieces, METH_VARARGS, "Concatenate byte ranges."},
+    {"count_masks", count_masks, METH_VARARGS, "Masked popcounts of .bed rows."},
+    {"sample_missing", sample_missing, METH_VARARGS, "Per-sample missing-call counts."},
+    {"extract_rows", extract_rows, METH_VARARGS, "Subset, reverse and repack .bed rows."},
+    {"hwe_pvalues", hwe_pvalues, METH_VARARGS, "Exact HWE p-values."},
+    {"hwe_fail_mask", hwe_fail_mask, METH_VARARGS, "Exact HWE threshold test."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_bed_kernels", NULL, -1, methods};
+
+PyMODINIT_FUNC PyInit__bed_kernels(void) {
+    init_reverse_lut();
+    return PyModule_Create(&module);
+}

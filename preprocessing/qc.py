@@ -1,0 +1,481 @@
+"""PLINK 1.9-exact genotype QC: ``--mind``, then ``--geno``, ``--hwe``, ``--maf``, ``--make-bed``.
+
+Statistics are pure functions over genotype counts (``GroupCounts``), so the local pipeline
+(``run_qc``) and the federated one (``preprocessing.federated_qc``, counts summed over sites)
+share every rule. PLINK 1.9 semantics reproduced here (checked against ``plink1.9``):
+
+- ``--mind`` runs first, over all variants; chrY calls count for males only (females are
+  judged over the non-Y variants). A sample is removed when its missing count exceeds
+  ``int(mind * n_variants * (1 + 2^-44))``.
+- Then, on the remaining samples, a variant's call rate is taken over all of them (chrY: over
+  males; 0 if there are none) and it fails ``--geno`` when the rate is below
+  ``(1 - geno)(1 - 2^-44)``. ``--hwe`` then tests the variants still in, ``--maf`` the ones
+  left after that; a variant failing several filters is counted under the first.
+- Allele frequencies use founders only (both parents '0'); chrX males and chrY count one
+  allele each (heterozygous haploid calls are left out of frequencies but count as called).
+- ``--hwe`` uses founders, and only the controls among them when the phenotype is
+  case/control with at least one remaining control (``include_nonctrl`` turns that off);
+  chrX tests non-male founders; chrY and chrMT are not tested. A variant fails when
+  p < hwe (1 - 2^-44). MAF fails when below ``maf (1 - 2^-44)``.
+- Output: A1 becomes the minor allele (founder frequency; ties keep the order) unless
+  ``keep_allele_order``; variants sorted by (chromosome code, position, input order).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from conf.schema import QCConfig
+from preprocessing.bed_kernels import count_genotypes, extract_rows, sample_missing_counts
+from preprocessing.errors import G2IError, GenotypeFormatError
+from preprocessing.hwe import PLINK_SMALL_EPSILON, hwe_exact_p_array, hwe_fails
+from preprocessing.plink import (
+    CHROM_MT,
+    CHROM_X,
+    CHROM_Y,
+    Bim,
+    PlinkFileset,
+    read_plink,
+    write_bed_rows,
+    write_bim_subset,
+    write_fam_subset,
+)
+
+EPS = PLINK_SMALL_EPSILON
+
+# Sample groups of GroupCounts (axis 1). Male groups are filled on chrX and chrY only.
+ALL, FOUNDERS, FOUNDER_CONTROLS, MALES, MALE_FOUNDERS, MALE_FOUNDER_CONTROLS = range(6)
+N_GROUPS = 6
+# Genotype columns (axis 2), in .bim A1 terms.
+HOM_A1, HET, HOM_A2, MISSING = range(4)
+
+KEPT, FAILED_GENO, FAILED_HWE, FAILED_MAF = 0, 1, 2, 3
+FILTER_NAMES = {FAILED_GENO: "geno", FAILED_HWE: "hwe", FAILED_MAF: "maf"}
+
+
+class QCError(G2IError):
+    """QC cannot produce an output (PLINK stops in the same cases: nothing passes)."""
+
+
+# ----------------------------------------------------------------------------- statistics
+
+
+def mind_failures(
+    missing: np.ndarray, male: np.ndarray, n_variants: int, n_variants_y: int, mind: float
+) -> np.ndarray:
+    """``--mind``: samples whose missing calls exceed PLINK's integer threshold.
+
+    missing: (n_samples,) missing calls (chrY counted for males only); male: (n_samples,)
+    bool. Returns (n_samples,) bool, True = remove.
+    """
+    if mind >= 1.0:
+        return np.zeros(len(missing), dtype=bool)
+    thr_male = int(mind * n_variants * (1 + EPS))
+    thr_other = int(mind * (n_variants - n_variants_y) * (1 + EPS))
+    return np.asarray(missing) > np.where(male, thr_male, thr_other)
+
+
+def call_rate(counts: np.ndarray, chrom: np.ndarray) -> np.ndarray:
+    """Call rate per variant over the remaining samples (chrY: males), as PLINK computes it.
+
+    counts: (n_snps, 6, 4) GroupCounts array; chrom: (n_snps,) codes. Returns (n_snps,).
+    """
+    is_y = chrom == CHROM_Y
+    c = np.where(is_y[:, None], counts[:, MALES], counts[:, ALL]).astype(np.float64)
+    num = c[:, HOM_A1] + c[:, HET] + c[:, HOM_A2]
+    den = num + c[:, MISSING]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        # PLINK multiplies by the reciprocal; keep its rounding.
+        return np.where(den > 0, num * (1.0 / np.where(den > 0, den, 1.0)), 0.0)
+
+
+def a2_frequency(counts: np.ndarray, chrom: np.ndarray) -> np.ndarray:
+    """Founder frequency of the .bim A2 allele (column 6) per variant; 0.5 with no calls.
+
+    Diploid chromosomes count 2 alleles per founder; chrX males and chrY count one
+    (heterozygous haploid calls left out). Returns (n_snps,) float64.
+    """
+    f = counts[:, FOUNDERS].astype(np.int64)
+    fm = counts[:, MALE_FOUNDERS].astype(np.int64)
+    is_x, is_y = chrom == CHROM_X, chrom == CHROM_Y
+    dip = np.where(is_x[:, None], f - fm, f)
+    dip = np.where(is_y[:, None], 0, dip)
+    hap = np.where((is_x | is_y)[:, None], fm, 0)
+    den = 2 * dip[:, :3].sum(axis=1) + hap[:, HOM_A1] + hap[:, HOM_A2]
+    num = 2 * dip[:, HOM_A2] + dip[:, HET] + hap[:, HOM_A2]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(den > 0, num / np.where(den > 0, den, 1), 0.5)
+
+
+def minor_allele_frequency(a2_freq: np.ndarray) -> np.ndarray:
+    """MAF from the A2 frequency: min(f, 1 - f)."""
+    return np.minimum(a2_freq, 1.0 - a2_freq)
+
+
+def hwe_counts(counts: np.ndarray, chrom: np.ndarray, controls_only: bool) -> np.ndarray:
+    """Genotype counts the HWE test uses: (n_snps, 3) [het, hom A1, hom A2].
+
+    Founders (controls among them when ``controls_only``); chrX non-male founders only.
+    """
+    g, gm = (FOUNDERS, MALE_FOUNDERS)
+    if controls_only:
+        g, gm = FOUNDER_CONTROLS, MALE_FOUNDER_CONTROLS
+    c = counts[:, g, :3].astype(np.int64)
+    c = np.where((chrom == CHROM_X)[:, None], c - counts[:, gm, :3], c)
+    return c[:, [HET, HOM_A1, HOM_A2]]
+
+
+def hwe_tested(chrom: np.ndarray) -> np.ndarray:
+    """PLINK 1.9 skips chrY and chrMT in ``--hwe``."""
+    return (chrom != CHROM_Y) & (chrom != CHROM_MT)
+
+
+def variant_filters(
+    counts: np.ndarray, chrom: np.ndarray, config: QCConfig, controls_only: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Apply ``--geno``, ``--hwe`` and ``--maf`` in PLINK's order.
+
+    counts: (n_snps, 6, 4) over the samples left after ``--mind``. Returns (status, a2_freq):
+    status (n_snps,) int8 with KEPT / FAILED_GENO / FAILED_HWE / FAILED_MAF (first filter
+    failed), a2_freq (n_snps,) founder A2 frequency.
+    """
+    status = np.zeros(len(chrom), dtype=np.int8)
+    if config.geno < 1.0:
+        status[call_rate(counts, chrom) < (1.0 - config.geno) * (1 - EPS)] = FAILED_GENO
+    if config.hwe > 0.0:
+        cand = np.flatnonzero((status == KEPT) & hwe_tested(chrom))
+        h = hwe_counts(counts[cand], chrom[cand], controls_only)
+        fails = hwe_fails(h[:, 0], h[:, 1], h[:, 2], config.hwe, config.hwe_midp)
+        status[cand[fails]] = FAILED_HWE
+    a2 = a2_frequency(counts, chrom)
+    if config.maf > 0.0:
+        status[(status == KEPT) & (minor_allele_frequency(a2) < config.maf * (1 - EPS))] = (
+            FAILED_MAF
+        )
+    return status, a2
+
+
+def sorted_order(chrom: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    """PLINK's --make-bed variant order: by chromosome code, position, then input order."""
+    return np.lexsort((np.arange(chrom.size), pos, chrom))
+
+
+def chromosome_runs(chrom: np.ndarray, path: Path | None = None) -> list[tuple[int, int, int]]:
+    """Contiguous runs (code, start, stop); a chromosome split over runs is an error."""
+    if chrom.size == 0:
+        return []
+    cut = np.flatnonzero(chrom[1:] != chrom[:-1]) + 1
+    bounds = np.concatenate([[0], cut, [chrom.size]])
+    runs = [(int(chrom[a]), int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    codes = [r[0] for r in runs]
+    if len(set(codes)) != len(codes):
+        dup = next(c for c in codes if codes.count(c) > 1)
+        raise GenotypeFormatError(
+            f"chromosome {dup} is split into several blocks; sort the fileset first "
+            "(plink1.9 --bfile PREFIX --make-bed --out SORTED)",
+            path,
+        )
+    return runs
+
+
+# ----------------------------------------------------------------------------- counting
+
+
+@dataclass
+class SampleGroups:
+    """Boolean (n_samples,) masks of the samples that count for each statistic."""
+
+    remaining: np.ndarray
+    founder: np.ndarray
+    control: np.ndarray
+    male: np.ndarray
+    controls_only: bool  # HWE on founder controls (else on all founders)
+
+    def masks(self) -> list[np.ndarray]:
+        """The 6 groups of GroupCounts, in order."""
+        r, f, m = self.remaining, self.remaining & self.founder, self.male & self.remaining
+        fc = f & self.control if self.controls_only else f
+        return [r, f, fc, m, m & f, m & fc]
+
+
+def sample_groups(
+    fileset: PlinkFileset, remaining: np.ndarray, include_nonctrl: bool
+) -> SampleGroups:
+    """Groups after ``--mind``; HWE on controls when a case/control phenotype with remaining
+    controls exists and ``include_nonctrl`` is off."""
+    fam = fileset.fam
+    n_controls = int(np.count_nonzero(fam.control & remaining))
+    controls_only = fam.case_control and n_controls > 0 and not include_nonctrl
+    return SampleGroups(remaining, fam.founder, fam.control, fam.male, controls_only)
+
+
+def group_counts(fileset: PlinkFileset, groups: SampleGroups) -> np.ndarray:
+    """GroupCounts for every variant: (n_snps, 6, 4) int32 [hom A1, het, hom A2, missing].
+
+    Male groups are computed on chrX/chrY only (zero elsewhere); identical masks are counted
+    once.
+    """
+    n = fileset.n_snps
+    out = np.zeros((n, N_GROUPS, 4), dtype=np.int32)
+    masks = groups.masks()
+    for code, a, b in chromosome_runs(fileset.bim.chrom, fileset.prefix):
+        wanted = [ALL, FOUNDERS, FOUNDER_CONTROLS]
+        if code == CHROM_X:
+            wanted = list(range(N_GROUPS))
+        elif code == CHROM_Y:
+            wanted = [ALL, FOUNDERS, MALES, MALE_FOUNDERS]
+        distinct: list[int] = []
+        slot = {}
+        for g in wanted:
+            same = next((d for d in distinct if np.array_equal(masks[d], masks[g])), None)
+            if same is None:
+                distinct.append(g)
+                slot[g] = len(distinct) - 1
+            else:
+                slot[g] = slot[same]
+        c = count_genotypes(fileset.bed, fileset.n_samples, [masks[d] for d in distinct], a, b)
+        for g in wanted:
+            out[a:b, g] = c[:, slot[g]]
+    return out
+
+
+def sample_missing(fileset: PlinkFileset) -> tuple[np.ndarray, int]:
+    """Missing calls per sample over all variants (chrY: males only), and the chrY count."""
+    male = fileset.fam.male
+    everyone = np.ones(fileset.n_samples, dtype=bool)
+    total = np.zeros(fileset.n_samples, dtype=np.int64)
+    n_y = 0
+    for code, a, b in chromosome_runs(fileset.bim.chrom, fileset.prefix):
+        mask = male if code == CHROM_Y else everyone
+        n_y += (b - a) if code == CHROM_Y else 0
+        total += sample_missing_counts(fileset.bed, fileset.n_samples, mask, a, b)
+    return total, n_y
+
+
+# ----------------------------------------------------------------------------- pipeline
+
+
+@dataclass
+class QCResult:
+    """Outcome of one QC run. Arrays are over the input samples / variants."""
+
+    prefix: str
+    config: dict
+    keep_allele_order: bool
+    sample_removed_mind: np.ndarray  # (n_samples,) bool
+    variant_status: np.ndarray  # (n_snps,) int8 KEPT / FAILED_*
+    a2_freq: np.ndarray  # (n_snps,) founder frequency of the input .bim A2 allele
+    reverse: np.ndarray  # (n_snps,) bool: A1/A2 swapped in the output
+    output_order: np.ndarray  # input indices of the kept variants in output order
+    hwe_controls_only: bool
+    n_founders: int
+    sample_ids: list[tuple[str, str]] = field(repr=False, default_factory=list)
+    bim: Bim | None = field(repr=False, default=None)
+    hwe_p_removed: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def kept_samples(self) -> np.ndarray:
+        return ~self.sample_removed_mind
+
+    def removed_snps(self, status: int) -> list[str]:
+        """IDs of the variants that failed filter ``status`` (FAILED_GENO...)."""
+        rows = np.flatnonzero(self.variant_status == status)
+        return self.bim.strings(1, rows) if self.bim is not None and rows.size else []
+
+    def report(self) -> dict:
+        """Machine-readable QC report (JSON-serialisable)."""
+        removed = {name: self.removed_snps(code) for code, name in FILTER_NAMES.items()}
+        return {
+            "input": self.prefix,
+            "options": {**self.config, "keep_allele_order": self.keep_allele_order},
+            "samples": {
+                "input": int(self.sample_removed_mind.size),
+                "removed_mind": int(self.sample_removed_mind.sum()),
+                "kept": int((~self.sample_removed_mind).sum()),
+                "founders_after_mind": self.n_founders,
+                "removed_ids": [
+                    {"fid": f, "iid": i}
+                    for (f, i), r in zip(self.sample_ids, self.sample_removed_mind, strict=True)
+                    if r
+                ],
+            },
+            "variants": {
+                "input": int(self.variant_status.size),
+                "removed": {name: len(ids) for name, ids in removed.items()},
+                "kept": int((self.variant_status == KEPT).sum()),
+                "removed_ids": removed,
+                "allele_order_swapped": int(self.reverse[self.output_order].sum()),
+            },
+            "hwe": {
+                "controls_only": self.hwe_controls_only,
+                "p_removed": self.hwe_p_removed,
+            },
+            "seconds": round(self.seconds, 4),
+        }
+
+
+def run_qc(
+    bfile: str | Path | PlinkFileset,
+    config: QCConfig | None = None,
+    out: str | Path | None = None,
+    *,
+    keep_allele_order: bool = False,
+) -> QCResult:
+    """Run PLINK-exact QC on a fileset; with ``out``, write ``out.bed/.bim/.fam``, ``out.irem``
+    (when samples were removed), ``out.log`` and ``out.qc.json``.
+
+    Thresholds that switch a filter off: mind >= 1, geno >= 1, hwe <= 0, maf <= 0.
+    """
+    t0 = time.perf_counter()
+    config = config or QCConfig()
+    fs = bfile if isinstance(bfile, PlinkFileset) else read_plink(bfile)
+    fam, bim = fs.fam, fs.bim
+    chromosome_runs(bim.chrom, fs.prefix)
+    if config.mind < 1.0:
+        missing, n_y = sample_missing(fs)
+        removed = mind_failures(missing, fam.male, fs.n_snps, n_y, config.mind)
+    else:
+        removed = np.zeros(fs.n_samples, dtype=bool)
+    if removed.all():
+        raise QCError(f"{fs.prefix}: all samples removed due to missing genotype data (--mind)")
+    groups = sample_groups(fs, ~removed, config.hwe_include_nonctrl)
+    counts = group_counts(fs, groups)
+    status, a2 = variant_filters(counts, bim.chrom, config, groups.controls_only)
+    if fs.n_snps and not (status == KEPT).any():
+        last = FILTER_NAMES[int(status.max())]
+        raise QCError(f"{fs.prefix}: all variants removed; the last ones by --{last}")
+    reverse = np.zeros(fs.n_snps, dtype=bool) if keep_allele_order else a2 < 0.5
+    kept = np.flatnonzero(status == KEPT)
+    order = kept[sorted_order(bim.chrom[kept], bim.pos[kept])]
+    hwe_p = {}
+    if config.hwe > 0.0:
+        gone = np.flatnonzero(status == FAILED_HWE)
+        h = hwe_counts(counts[gone], bim.chrom[gone], groups.controls_only)
+        p = hwe_exact_p_array(h[:, 0], h[:, 1], h[:, 2], config.hwe_midp)
+        hwe_p = dict(zip(bim.strings(1, gone), p.tolist(), strict=True))
+    result = QCResult(
+        prefix=str(fs.prefix),
+        config=asdict(config),
+        keep_allele_order=keep_allele_order,
+        sample_removed_mind=removed,
+        variant_status=status,
+        a2_freq=a2,
+        reverse=reverse,
+        output_order=order,
+        hwe_controls_only=groups.controls_only,
+        n_founders=int(np.count_nonzero(groups.remaining & groups.founder)),
+        sample_ids=list(zip(fam.fid, fam.iid, strict=True)),
+        bim=bim,
+        hwe_p_removed=hwe_p,
+    )
+    if out is not None:
+        write_qc_outputs(fs, result, out)
+    result.seconds = time.perf_counter() - t0
+    if out is not None:
+        _write_report(result, out)
+    return result
+
+
+def write_qc_outputs(fs: PlinkFileset, result: QCResult, out: str | Path) -> None:
+    """Write ``out.bed/.bim/.fam`` and ``out.irem`` as ``plink1.9 --make-bed`` does."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    keep = result.kept_samples
+    order = result.output_order
+    keep_idx = None if keep.all() else np.flatnonzero(keep)
+    step = 1 << 16
+    blocks = (
+        extract_rows(
+            fs.bed, fs.n_samples, order[a : a + step], result.reverse[order[a : a + step]], keep_idx
+        )
+        for a in range(0, order.size, step)
+    )
+    write_bed_rows(_with_suffix(out, ".bed"), blocks)
+    write_bim_subset(_with_suffix(out, ".bim"), fs.bim, order, result.reverse[order])
+    write_fam_subset(_with_suffix(out, ".fam"), fs.fam, keep)
+    irem = _with_suffix(out, ".irem")
+    if result.sample_removed_mind.any():
+        irem.write_text(
+            "".join(
+                f"{f}\t{i}\n"
+                for (f, i), r in zip(result.sample_ids, result.sample_removed_mind, strict=True)
+                if r
+            )
+        )
+    elif irem.exists():
+        irem.unlink()
+
+
+def _with_suffix(prefix: Path, suffix: str) -> Path:
+    return prefix.with_name(prefix.name + suffix)
+
+
+def _write_report(result: QCResult, out: str | Path) -> None:
+    out = Path(out)
+    rep = result.report()
+    _with_suffix(out, ".qc.json").write_text(json.dumps(rep, indent=1) + "\n")
+    _with_suffix(out, ".log").write_text(format_log(rep, out))
+
+
+def format_log(report: dict, out: Path) -> str:
+    """A PLINK-style human-readable log of one run."""
+    o, s, v = report["options"], report["samples"], report["variants"]
+    lines = [
+        "g2i-qc (PLINK 1.9-compatible genotype QC)",
+        "Options in effect:",
+        f"  --bfile {report['input']}",
+    ]
+    lines += [f"  --mind {o['mind']}"] if o["mind"] < 1 else []
+    lines += [f"  --geno {o['geno']}"] if o["geno"] < 1 else []
+    if o["hwe"] > 0:
+        mods = (" midp" if o["hwe_midp"] else "") + (
+            " include-nonctrl" if o["hwe_include_nonctrl"] else ""
+        )
+        lines.append(f"  --hwe {o['hwe']}{mods}")
+    lines += [f"  --maf {o['maf']}"] if o["maf"] > 0 else []
+    lines += ["  --keep-allele-order"] if o["keep_allele_order"] else []
+    lines += [
+        f"  --out {out}",
+        "",
+        f"{v['input']} variants and {s['input']} people loaded.",
+        f"{s['removed_mind']} people removed due to missing genotype data (--mind).",
+    ]
+    if s["removed_mind"]:
+        lines.append(f"IDs written to {out}.irem .")
+    lines += [
+        f"Before main variant filters, {s['founders_after_mind']} founders and "
+        f"{s['kept'] - s['founders_after_mind']} nonfounders present.",
+        f"{v['removed']['geno']} variants removed due to missing genotype data (--geno).",
+        f"--hwe: {v['removed']['hwe']} variants removed due to Hardy-Weinberg exact test"
+        + (" (controls only)." if report["hwe"]["controls_only"] else "."),
+        f"{v['removed']['maf']} variants removed due to minor allele threshold(s) (--maf).",
+        f"{v['kept']} variants and {s['kept']} people pass filters and QC.",
+        f"--make-bed to {out}.bed + {out}.bim + {out}.fam ... done.",
+        f"QC report: {out}.qc.json ({report['seconds']} s).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def qc_config(
+    mind: float | None = None,
+    geno: float | None = None,
+    maf: float | None = None,
+    hwe: float | None = None,
+    hwe_modifiers: Sequence[str] = (),
+) -> QCConfig:
+    """A QCConfig with PLINK's meaning of absent flags (filter off)."""
+    return QCConfig(
+        mind=1.0 if mind is None else mind,
+        geno=1.0 if geno is None else geno,
+        maf=0.0 if maf is None else maf,
+        hwe=0.0 if hwe is None else hwe,
+        hwe_midp="midp" in hwe_modifiers,
+        hwe_include_nonctrl="include-nonctrl" in hwe_modifiers,
+    )
