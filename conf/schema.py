@@ -96,6 +96,7 @@ class DataConfig:
     # Axial level in MNI millimetres (through the lateral ventricles) and slab size.
     slice_z_mm: float = 18.0
     n_slices: int = 1
+    slice_spacing_mm: float = 2.0
     intensity_percentiles: list[float] = field(default_factory=lambda: [0.5, 99.5])
     normalization: str = "percentile"
     # "site": prepared site folders (preprocessing.load_site_dataset); "synthetic": the
@@ -104,6 +105,21 @@ class DataConfig:
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     qc: QCConfig = field(default_factory=QCConfig)
+    # Diagnosis column ("auto": DX, else DX_bl) and vocabulary -> CN / MCI / AD.
+    dx_column: str = "auto"
+    dx_map: dict[str, str] = field(
+        default_factory=lambda: {
+            "CN": "CN",
+            "SMC": "CN",
+            "EMCI": "MCI",
+            "LMCI": "MCI",
+            "MCI": "MCI",
+            "AD": "AD",
+            "Dementia": "AD",
+        }
+    )
+    # Where prepared site datasets are cached (relative to the run or absolute).
+    cache_dir: str = "data/prepared"
 
 
 @dataclass

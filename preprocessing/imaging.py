@@ -1,0 +1,183 @@
+"""NIfTI T1 volumes to normalised axial slices in MNI space, as named composable steps.
+
+load (nibabel) -> check -> reorient to RAS -> check MNI-like extent -> intensity scaling ->
+axial slice(s) at MNI z (mm) resampled on a square MNI canvas.
+
+Slice arrays are ``(H, W)`` on a square MNI canvas: rows run from y = +91 mm (anterior, top)
+to y = -126 mm (posterior), columns from x = -108.5 mm to x = +108.5 mm (the subject's left
+hemisphere on the left: neurological convention). Slices are therefore taken in MNI152 space
+as stored in the file's affine (the pipeline assumes scans already registered to MNI, as the
+paper's CIVET output is).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from scipy import ndimage
+
+from preprocessing.errors import ImageFormatError
+
+# The paper's 181 x 217 mm axial field of view (MNI x -90..90, y -126..90), centred in a
+# square canvas 217 mm wide so that resizing keeps the aspect ratio with padding left/right.
+CANVAS_Y_MM = (91.0, -126.0)  # top row, bottom row
+CANVAS_X_MM = (-108.5, 108.5)  # first column, last column
+# A brain registered to MNI152 fits in this box (mm); the image's extent must cover it.
+MNI_BRAIN_BOX = ((-70.0, 70.0), (-100.0, 65.0), (-45.0, 75.0))
+
+
+@dataclass(frozen=True)
+class SliceSpec:
+    """Which axial slices to take and at what size."""
+
+    z_mm: float = 18.0
+    n_slices: int = 1
+    spacing_mm: float = 2.0
+    image_size: int = 64
+
+    def __post_init__(self) -> None:
+        if self.n_slices < 1:
+            raise ValueError(f"n_slices must be >= 1, got {self.n_slices}")
+        if self.image_size < 8:
+            raise ValueError(f"image_size must be >= 8, got {self.image_size}")
+        if self.spacing_mm <= 0:
+            raise ValueError(f"spacing_mm must be > 0, got {self.spacing_mm}")
+
+    @property
+    def z_levels(self) -> np.ndarray:
+        """MNI z (mm) of each slice of the slab, centred on ``z_mm``."""
+        offsets = (np.arange(self.n_slices) - (self.n_slices - 1) / 2) * self.spacing_mm
+        return self.z_mm + offsets
+
+
+def load_volume(path: str | Path) -> nib.Nifti1Image:
+    """Load a .nii / .nii.gz, check it and return it reoriented to RAS.
+
+    Raises:
+        ImageFormatError: unreadable file, not 3-D (a 4-D series with more than one volume),
+            non-finite or constant voxels, a degenerate affine.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ImageFormatError("file not found", path)
+    try:
+        img = nib.load(str(path))
+        data = np.asarray(img.dataobj, dtype=np.float32)
+    except Exception as exc:  # nibabel raises many types for damaged files
+        raise ImageFormatError(f"cannot read as NIfTI ({type(exc).__name__}: {exc})", path) from exc
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise ImageFormatError(
+            f"expected a 3-D T1 volume, got shape {data.shape}; pass one volume of a series", path
+        )
+    n_bad = int((~np.isfinite(data)).sum())
+    if n_bad:
+        raise ImageFormatError(f"{n_bad} voxels are NaN or infinite", path)
+    if float(data.max()) == float(data.min()):
+        raise ImageFormatError(f"constant image (every voxel is {data.min():g})", path)
+    affine = img.affine
+    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-6:
+        raise ImageFormatError("degenerate affine (zero or non-finite voxel size)", path)
+    clean = nib.Nifti1Image(data, affine)
+    return nib.as_closest_canonical(clean)
+
+
+def check_mni_space(img: nib.Nifti1Image, path: str | Path | None = None) -> None:
+    """Raise unless the volume's voxel size is plausible and its extent covers an MNI brain."""
+    zooms = np.sqrt((img.affine[:3, :3] ** 2).sum(axis=0))
+    if np.any(zooms < 0.3) or np.any(zooms > 8.0):
+        raise ImageFormatError(
+            f"voxel size {np.round(zooms, 3).tolist()} mm is not that of a T1 registered to MNI",
+            path,
+        )
+    corners = np.array(np.meshgrid(*[[0, s - 1] for s in img.shape[:3]], indexing="ij"))
+    corners = corners.reshape(3, -1)
+    world = img.affine[:3, :3] @ corners + img.affine[:3, 3:4]
+    lo, hi = world.min(axis=1), world.max(axis=1)
+    for axis, name, (b_lo, b_hi) in zip(range(3), "xyz", MNI_BRAIN_BOX, strict=True):
+        if lo[axis] > b_lo or hi[axis] < b_hi:
+            raise ImageFormatError(
+                f"its {name} extent {lo[axis]:.0f}..{hi[axis]:.0f} mm does not cover the MNI "
+                f"brain ({b_lo:.0f}..{b_hi:.0f} mm); is it registered to MNI152?",
+                path,
+            )
+
+
+def foreground_mask(x: np.ndarray) -> np.ndarray:
+    """Head voxels: above the mean intensity over the whole field of view, holes filled.
+
+    In a T1 the background (air, with Rician noise) is far below the mean, so this keeps the
+    head and drops the background that would otherwise dominate the percentiles.
+    """
+    return ndimage.binary_fill_holes(x > x.mean())
+
+
+def normalize_intensity(
+    x: np.ndarray, method: str = "percentile", percentiles: tuple[float, float] = (0.5, 99.5)
+) -> np.ndarray:
+    """Scale intensities using statistics of the foreground only.
+
+    ``percentile``: the low / high foreground percentiles map to 0 / 1, values clipped to
+    [0, 1]. ``zscore``: zero mean and unit SD over the foreground.
+    """
+    fg = x[foreground_mask(x)]
+    if fg.size == 0:
+        raise ValueError("no foreground voxels to normalise against")
+    if method == "percentile":
+        lo, hi = np.percentile(fg, percentiles)
+        if hi <= lo:
+            raise ValueError(f"percentiles {percentiles} give an empty range")
+        return np.clip((x - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+    if method == "zscore":
+        return ((x - fg.mean()) / (fg.std() + 1e-8)).astype(np.float32)
+    raise ValueError(f"unknown normalization {method!r}; use 'percentile' or 'zscore'")
+
+
+def canvas_world_points(z_mm: float, size: int) -> np.ndarray:
+    """MNI coordinates (3, size*size) of the pixel centres of one axial canvas at ``z_mm``."""
+    ys = np.linspace(CANVAS_Y_MM[0], CANVAS_Y_MM[1], size)
+    xs = np.linspace(CANVAS_X_MM[0], CANVAS_X_MM[1], size)
+    yy, xx = np.meshgrid(ys, xs, indexing="ij")
+    return np.stack([xx.ravel(), yy.ravel(), np.full(xx.size, z_mm)])
+
+
+def axial_slices(img: nib.Nifti1Image, x: np.ndarray, spec: SliceSpec) -> np.ndarray:
+    """Sample ``spec`` axial slices of ``x`` (the data of RAS image ``img``).
+
+    Each slice is resampled trilinearly at the pixel centres of the square MNI canvas, after
+    an in-plane Gaussian low-pass when the canvas is coarser than the voxels (anti-aliasing).
+    Points outside the volume are 0 (padding).
+
+    Returns:
+        (n_slices, image_size, image_size) float32.
+    """
+    zooms = np.sqrt((img.affine[:3, :3] ** 2).sum(axis=0))
+    pixel_mm = (CANVAS_X_MM[1] - CANVAS_X_MM[0]) / (spec.image_size - 1)
+    sigma = [max(0.0, 0.5 * (pixel_mm / z - 1.0)) for z in zooms[:2]] + [0.0]
+    smooth = ndimage.gaussian_filter(x, sigma) if max(sigma) > 0 else x
+    inv = np.linalg.inv(img.affine)
+    out = np.empty((spec.n_slices, spec.image_size, spec.image_size), dtype=np.float32)
+    for i, z in enumerate(spec.z_levels):
+        world = canvas_world_points(float(z), spec.image_size)
+        vox = inv[:3, :3] @ world + inv[:3, 3:4]
+        out[i] = ndimage.map_coordinates(smooth, vox, order=1, mode="constant", cval=0.0).reshape(
+            spec.image_size, spec.image_size
+        )
+    return out
+
+
+def extract_slices(
+    path: str | Path,
+    spec: SliceSpec,
+    normalization: str = "percentile",
+    percentiles: tuple[float, float] = (0.5, 99.5),
+) -> np.ndarray:
+    """The whole chain for one scan: (n_slices, image_size, image_size) float32."""
+    img = load_volume(path)
+    check_mni_space(img, path)
+    x = normalize_intensity(np.asarray(img.dataobj, dtype=np.float32), normalization, percentiles)
+    return axial_slices(img, x, spec)
