@@ -379,6 +379,15 @@ static int hwe_fails(int64_t het, int64_t hom1, int64_t hom2, double thresh, int
     double half_ties = midp ? 0.5 * ties : 0.0;
     double need = thresh * centre; /* pass iff tail (1 - thresh) - half_ties >= need */
     if (tail * (1.0 - thresh) - half_ties >= need) return 0;
+    /* PLINK 1.9 (--hwe, with or without midp) decides here from the observed count and the
+     * first far-side term only, and reports a failure whenever neither side has a further
+     * term to sum, even if the first near-side term would reach the threshold.  Follow it,
+     * so that the kept SNP set is the one plink1.9 writes. */
+    {
+        int near_more = dir > 0 ? het >= 4 : homr0 > 1;
+        int far_more = dir > 0 ? homr > 0.5 : h > 1.5;
+        if (!near_more && !far_more) return 1;
+    }
     /* continue both tails: far side from (h, p) in dir, near side from the observed count */
     double fh = h, fr = homr, fc = homc, fp = p;
     double nh = h0, nr = r0, nc = c0, np_ = 1.0;

@@ -1,0 +1,229 @@
+"""QC agrees with plink1.9 on the same inputs: kept sets, per-filter counts, output bytes."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from preprocessing.plink_io import Sample, Variant, write_plink
+from preprocessing.qc import FAILED_HWE, KEPT, QCError, qc_config, run_qc
+from preprocessing.qc_cli import main as qc_main
+from tests.preprocessing.plink_cases import needs_plink, random_fileset, read_outputs, run_plink
+
+pytestmark = needs_plink
+
+FLAG_SETS = {
+    "paper": dict(mind=0.1, geno=0.05, hwe=1e-3, maf=0.01),
+    "midp": dict(geno=0.1, hwe=0.01, mods=("midp",)),
+    "include-nonctrl": dict(hwe=0.05, mods=("include-nonctrl",)),
+    "keep-allele-order": dict(maf=0.05, kao=True),
+    "mind-only": dict(mind=0.1),
+    "none": dict(),
+}
+
+
+def plink_args(flags: dict) -> list[str]:
+    args: list[str] = []
+    for k in ("mind", "geno", "maf"):
+        if k in flags:
+            args += [f"--{k}", repr(flags[k])]
+    if "hwe" in flags:
+        args += ["--hwe", repr(flags["hwe"]), *flags.get("mods", ())]
+    if flags.get("kao"):
+        args.append("--keep-allele-order")
+    return args
+
+
+def plink_counts(log: str) -> dict[str, int]:
+    """Per-filter removal counts from a plink1.9 log."""
+    pats = {
+        "mind": r"(\d+) (?:people|person) removed due to missing genotype data \(--mind\)",
+        "geno": r"(\d+) variants? removed due to missing genotype data \(--geno\)",
+        "hwe": r"--hwe: (\d+) variants? removed",
+        "maf": r"(\d+) variants? removed due to minor allele threshold",
+    }
+    out = {}
+    for k, pat in pats.items():
+        m = re.search(pat, log)
+        out[k] = int(m.group(1)) if m else 0
+    return out
+
+
+def compare_with_plink(bfile: Path, flags: dict, tmp: Path) -> dict:
+    """Run both tools; assert identical outputs and counts; return our report."""
+    ref, ours = tmp / "plink", tmp / "ours"
+    proc = run_plink("--bfile", str(bfile), *plink_args(flags), "--make-bed", "--out", str(ref))
+    assert proc.returncode == 0, proc.stdout
+    cfg = qc_config(
+        flags.get("mind"),
+        flags.get("geno"),
+        flags.get("maf"),
+        flags.get("hwe"),
+        flags.get("mods", ()),
+    )
+    result = run_qc(bfile, cfg, ours, keep_allele_order=bool(flags.get("kao")))
+    rep = result.report()
+    expected = read_outputs(ref)
+    got = read_outputs(ours)
+    assert set(got) == set(expected)
+    for ext in expected:
+        assert got[ext] == expected[ext], f"{ext} differs from plink1.9"
+    counts = plink_counts(Path(f"{ref}.log").read_text())
+    assert rep["samples"]["removed_mind"] == counts["mind"]
+    assert rep["variants"]["removed"] == {k: counts[k] for k in ("geno", "hwe", "maf")}
+    return rep
+
+
+@pytest.mark.parametrize("phenotype", ["cc", "cases", "quant", "none"])
+@pytest.mark.parametrize("flags", list(FLAG_SETS), ids=list(FLAG_SETS))
+def test_random_filesets_match_plink(phenotype: str, flags: str, tmp_path: Path) -> None:
+    bfile = random_fileset(
+        tmp_path / "in", seed=len(flags) * 7 + len(phenotype), phenotype=phenotype
+    )
+    compare_with_plink(bfile, FLAG_SETS[flags], tmp_path)
+
+
+def test_every_filter_fires_on_the_random_fileset(tmp_path: Path) -> None:
+    rep = compare_with_plink(random_fileset(tmp_path / "in", seed=3), FLAG_SETS["paper"], tmp_path)
+    assert rep["samples"]["removed_mind"] > 0
+    assert all(n > 0 for n in rep["variants"]["removed"].values()), rep["variants"]["removed"]
+    assert rep["variants"]["allele_order_swapped"] > 0
+
+
+def test_plink_dummy_and_simulate_data(tmp_path: Path) -> None:
+    run_plink("--dummy", "83", "700", "0.04", "--make-bed", "--out", str(tmp_path / "dummy"))
+    compare_with_plink(tmp_path / "dummy", FLAG_SETS["paper"], tmp_path)
+    sim = tmp_path / "sim.txt"
+    sim.write_text("300 null 0.00 1.00 1.00 1.00\n20 disease 0.05 0.95 2.00 mult\n")
+    proc = run_plink(
+        "--simulate", str(sim), "--simulate-ncases", "40", "--simulate-ncontrols", "50",
+        "--simulate-prevalence", "0.1", "--simulate-missing", "0.03", "--make-bed",
+        "--out", str(tmp_path / "simulated"),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout
+    compare_with_plink(tmp_path / "simulated", dict(geno=0.02, hwe=0.01, maf=0.1), tmp_path)
+
+
+def boundary_fileset(prefix: Path) -> Path:
+    """20 samples, hand-made SNPs at the exact edges of --mind 0.1 / --geno 0.1 / --maf 0.1."""
+    n = 20
+    rows: list[list[int]] = []
+    # MAF exactly 0.1 (4 minor alleles of 40) and just below (3 of 40); a 0.5 tie
+    rows.append([1] * 4 + [0] * 16)
+    rows.append([1] * 3 + [0] * 17)
+    rows.append([2] * 10 + [0] * 10)
+    # missing rate exactly 0.1 (2 of 20) and just above (3 of 20)
+    rows.append([-1] * 2 + [1] * 9 + [0] * 9)
+    rows.append([-1] * 3 + [1] * 9 + [0] * 8)
+    # an all-missing SNP and a SNP far from HWE
+    rows.append([-1] * n)
+    rows.append([1] * 18 + [0, 2])
+    # filler SNPs (complete) to reach 30; with the all-missing SNP, sample 19 misses 3 calls
+    # (= 0.1 of 30: kept), sample 18 misses 4 (> 0.1: removed), sample 17 misses all
+    rng = np.random.default_rng(5)
+    while len(rows) < 30:
+        rows.append(list(rng.binomial(2, 0.4, n)))
+    g = np.array(rows, dtype=np.int8)
+    g[[8, 9], 19] = -1
+    g[[8, 9, 10], 18] = -1
+    g[:, 17] = -1
+    variants = [Variant("1", f"b{j}", 0, 1000 + j, "A", "C") for j in range(len(rows))]
+    samples = [
+        Sample(f"F{i}", f"I{i}", sex=1 + i % 2, phenotype=1 + (i % 3 == 0)) for i in range(n)
+    ]
+    write_plink(prefix, g, variants, samples)
+    return prefix
+
+
+def test_boundaries_match_plink(tmp_path: Path) -> None:
+    bfile = boundary_fileset(tmp_path / "edge")
+    rep = compare_with_plink(bfile, dict(mind=0.1, geno=0.1, maf=0.1), tmp_path)
+    removed = {d["iid"] for d in rep["samples"]["removed_ids"]}
+    assert removed == {"I17", "I18"}
+    kept = (tmp_path / "ours.bim").read_text().split()
+    assert "b0" in kept and "b1" not in kept and "b2" in kept  # MAF 0.1 kept, 0.075 not
+    assert "b5" not in kept
+
+
+def test_hwe_threshold_equal_to_p_keeps_the_snp(tmp_path: Path) -> None:
+    """At --hwe p the SNP stays, just above it goes (same in plink1.9). b6 (17 hets of 19)
+    is also kept out at p by plink's shortcut when neither tail has a further term."""
+    bfile = boundary_fileset(tmp_path / "edge")
+    mods = ("include-nonctrl",)
+    pvals = run_qc(bfile, qc_config(hwe=0.4, hwe_modifiers=mods)).hwe_p_removed
+    for snp in ("b2", "b6"):
+        for thr in (pvals[snp], pvals[snp] * (1 + 1e-9)):
+            rep = compare_with_plink(bfile, dict(hwe=thr, mods=mods), tmp_path)
+            removed = snp in rep["variants"]["removed_ids"]["hwe"]
+            assert removed == (thr > pvals[snp] or snp == "b6")
+
+
+def test_cohort_generator_sites_match_plink(cohort_dir: Path, tmp_path: Path) -> None:
+    sites = sorted(cohort_dir.glob("site-*"))
+    assert sites
+    for site in sites:
+        rep = compare_with_plink(
+            site / "genotypes", dict(mind=0.05, geno=0.05, hwe=1e-5, maf=0.01), tmp_path
+        )
+        assert rep["hwe"]["controls_only"]
+
+
+def test_cli_writes_plink_outputs_log_irem_and_report(tmp_path: Path) -> None:
+    bfile = random_fileset(tmp_path / "in", seed=3)
+    out = tmp_path / "cli"
+    rc = qc_main(
+        ["--bfile", str(bfile), "--mind", "0.1", "--geno", "0.05", "--hwe", "1e-3", "midp",
+         "--maf", "0.01", "--out", str(out)]
+    )  # fmt: skip
+    assert rc == 0
+    run_plink(
+        "--bfile", str(bfile), "--mind", "0.1", "--geno", "0.05", "--hwe", "1e-3", "midp",
+        "--maf", "0.01", "--make-bed", "--out", str(tmp_path / "ref"),
+    )  # fmt: skip
+    assert read_outputs(out) == read_outputs(tmp_path / "ref")
+    rep = json.loads(Path(f"{out}.qc.json").read_text())
+    counts = plink_counts(Path(f"{tmp_path / 'ref'}.log").read_text())
+    assert rep["variants"]["removed"]["hwe"] == counts["hwe"]
+    assert len(rep["variants"]["removed_ids"]["geno"]) == counts["geno"]
+    assert set(rep["hwe"]["p_removed"]) == set(rep["variants"]["removed_ids"]["hwe"])
+    assert all(p < 1e-3 for p in rep["hwe"]["p_removed"].values())
+    assert "--mind" in Path(f"{out}.log").read_text()
+    assert Path(f"{out}.irem").read_text().count("\n") == rep["samples"]["removed_mind"]
+
+
+def test_cli_rejects_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert qc_main(["--bfile", str(tmp_path / "nothing"), "--out", str(tmp_path / "o")]) == 2
+    assert "nothing.fam" in capsys.readouterr().err
+    bfile = random_fileset(tmp_path / "in", seed=1)
+    assert qc_main(["--bfile", str(bfile), "--hwe", "1e-3", "bogus"]) == 2
+
+
+def test_all_variants_removed_is_an_error_like_plink(tmp_path: Path) -> None:
+    g = np.zeros((5, 12), dtype=np.int8)  # monomorphic SNPs: --maf removes them all
+    variants = [Variant("1", f"m{j}", 0, 10 + j, "A", "G") for j in range(5)]
+    write_plink(
+        tmp_path / "mono", g, variants, [Sample(f"F{i}", f"I{i}", sex=2) for i in range(12)]
+    )
+    proc = run_plink(
+        "--bfile",
+        str(tmp_path / "mono"),
+        "--maf",
+        "0.01",
+        "--make-bed",
+        "--out",
+        str(tmp_path / "r"),
+    )
+    assert proc.returncode != 0 and "All variants removed" in proc.stderr
+    with pytest.raises(QCError, match="maf"):
+        run_qc(tmp_path / "mono", qc_config(maf=0.01))
+
+
+def test_status_codes_and_api_without_outputs(tmp_path: Path) -> None:
+    bfile = random_fileset(tmp_path / "in", seed=4)
+    res = run_qc(bfile, qc_config(hwe=1e-3))
+    assert set(np.unique(res.variant_status)) <= {KEPT, FAILED_HWE}
+    assert not list(tmp_path.glob("*.qc.json"))
