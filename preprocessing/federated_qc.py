@@ -1,0 +1,196 @@
+"""Federated QC: what plink1.9 would keep on the pooled cohort, from per-site counts only.
+
+Each site applies ``--mind`` locally (a sample's missing rate needs only its own calls) and
+sends ``SiteCounts``: per-SNP genotype counts [hom A1, het, hom A2, missing] of its remaining
+samples, overall, among founders and among founder controls (chrX/chrY also split by male),
+plus its sample totals and a fingerprint of its .bim. No genotype leaves the site. The server
+sums the counts (``pool_counts``) and applies the same rules as local QC
+(``preprocessing.qc.variant_filters``): the result is the SNP keep-list and A1/A2 orientation
+that ``plink1.9 --mind --geno --hwe --maf --make-bed`` gives on the merged fileset. Sites then
+write their QC'd filesets with ``apply_keep_list``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from conf.schema import QCConfig
+from preprocessing.errors import G2IError
+from preprocessing.plink import PlinkFileset, read_plink
+from preprocessing.qc import (
+    FILTER_NAMES,
+    KEPT,
+    QCResult,
+    SampleGroups,
+    group_counts,
+    mind_failures,
+    sample_missing,
+    sorted_order,
+    variant_filters,
+    write_qc_outputs,
+)
+
+
+@dataclass
+class SiteCounts:
+    """What one site shares. counts: (n_snps, 6, 4) int64 GroupCounts (see preprocessing.qc);
+    chrom: (n_snps,) codes; bim_fingerprint: SHA-256 of the variant IDs, chromosomes and
+    alleles (sites must genotype the same variants in the same order)."""
+
+    counts: np.ndarray
+    chrom: np.ndarray
+    bim_fingerprint: str
+    n_samples: int
+    n_removed_mind: int
+    case_control: bool
+    n_controls: int
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """Flat arrays for a Flower ArrayRecord / np.savez (the only things sent)."""
+        meta = [self.n_samples, self.n_removed_mind, int(self.case_control), self.n_controls]
+        return {
+            "counts": self.counts.astype(np.int64),
+            "chrom": self.chrom.astype(np.int16),
+            "meta": np.array(meta, dtype=np.int64),
+            "fingerprint": np.frombuffer(bytes.fromhex(self.bim_fingerprint), dtype=np.uint8),
+        }
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> SiteCounts:
+        n, removed, cc, ctrl = (int(v) for v in arrays["meta"])
+        return cls(
+            counts=np.asarray(arrays["counts"], dtype=np.int64),
+            chrom=np.asarray(arrays["chrom"], dtype=np.int16),
+            bim_fingerprint=bytes(np.asarray(arrays["fingerprint"], np.uint8)).hex(),
+            n_samples=n,
+            n_removed_mind=removed,
+            case_control=bool(cc),
+            n_controls=ctrl,
+        )
+
+
+def bim_fingerprint(fs: PlinkFileset) -> str:
+    """SHA-256 over (chromosome, ID, A1, A2) of every variant, in file order."""
+    h = hashlib.sha256()
+    for k in (0, 1, 4, 5):
+        h.update(b"\0".join(fs.bim.column(k).tolist()) + b"\1")
+    h.update(fs.bim.chrom.astype("<i2").tobytes())
+    return h.hexdigest()
+
+
+def local_mind(fs: PlinkFileset, mind: float) -> np.ndarray:
+    """``--mind`` on one site: (n_samples,) bool, True = removed."""
+    if mind >= 1.0:
+        return np.zeros(fs.n_samples, dtype=bool)
+    missing, n_y = sample_missing(fs)
+    return mind_failures(missing, fs.fam.male, fs.n_snps, n_y, mind)
+
+
+def site_counts(bfile: str | Path | PlinkFileset, config: QCConfig) -> SiteCounts:
+    """Site side: local ``--mind``, then GroupCounts of the remaining samples."""
+    fs = bfile if isinstance(bfile, PlinkFileset) else read_plink(bfile)
+    removed = local_mind(fs, config.mind)
+    fam = fs.fam
+    # Controls are counted whenever the site has a case/control phenotype; the server
+    # decides whether the pooled test uses them.
+    groups = SampleGroups(~removed, fam.founder, fam.control, fam.male, fam.case_control)
+    return SiteCounts(
+        counts=group_counts(fs, groups).astype(np.int64),
+        chrom=fs.bim.chrom.copy(),
+        bim_fingerprint=bim_fingerprint(fs),
+        n_samples=fs.n_samples,
+        n_removed_mind=int(removed.sum()),
+        case_control=fam.case_control,
+        n_controls=int(np.count_nonzero(fam.control & ~removed)),
+    )
+
+
+@dataclass
+class FederatedQCResult:
+    """Server-side outcome. status: (n_snps,) KEPT / FAILED_*; a2_freq: pooled founder A2
+    frequency; reverse: (n_snps,) A1/A2 swapped in the output (A1 = pooled minor allele)."""
+
+    status: np.ndarray
+    a2_freq: np.ndarray
+    reverse: np.ndarray
+    hwe_controls_only: bool
+    n_samples: int
+    n_removed_mind: int
+
+    @property
+    def keep(self) -> np.ndarray:
+        return self.status == KEPT
+
+    def summary(self) -> dict:
+        return {
+            "samples": self.n_samples,
+            "removed_mind": self.n_removed_mind,
+            "removed": {n: int((self.status == c).sum()) for c, n in FILTER_NAMES.items()},
+            "kept": int(self.keep.sum()),
+            "hwe_controls_only": self.hwe_controls_only,
+        }
+
+
+def pool_counts(sites: list[SiteCounts]) -> SiteCounts:
+    """Sum site counts; refuses sites whose variant lists differ."""
+    if not sites:
+        raise G2IError("federated QC needs at least one site's counts")
+    ref = sites[0]
+    for k, s in enumerate(sites[1:], start=1):
+        if s.bim_fingerprint != ref.bim_fingerprint or s.counts.shape != ref.counts.shape:
+            raise G2IError(
+                f"site {k} genotyped other variants than site 0 (different .bim); align the "
+                "arrays (same SNPs, order and alleles) before federated QC"
+            )
+    return SiteCounts(
+        counts=np.sum([s.counts for s in sites], axis=0),
+        chrom=ref.chrom,
+        bim_fingerprint=ref.bim_fingerprint,
+        n_samples=sum(s.n_samples for s in sites),
+        n_removed_mind=sum(s.n_removed_mind for s in sites),
+        case_control=all(s.case_control for s in sites),
+        n_controls=sum(s.n_controls for s in sites),
+    )
+
+
+def federated_variant_qc(
+    sites: list[SiteCounts], config: QCConfig, keep_allele_order: bool = False
+) -> FederatedQCResult:
+    """Server side: the SNP keep-list plink1.9 gives on the pooled cohort."""
+    pooled = pool_counts(sites)
+    controls_only = pooled.case_control and pooled.n_controls > 0 and not config.hwe_include_nonctrl
+    status, a2 = variant_filters(pooled.counts, pooled.chrom, config, controls_only)
+    reverse = np.zeros(a2.size, dtype=bool) if keep_allele_order else a2 < 0.5
+    return FederatedQCResult(
+        status, a2, reverse, controls_only, pooled.n_samples, pooled.n_removed_mind
+    )
+
+
+def apply_keep_list(
+    bfile: str | Path | PlinkFileset, decision: FederatedQCResult, config: QCConfig, out: str | Path
+) -> QCResult:
+    """Site side: write the QC'd fileset with the federation's keep-list and orientation
+    (local ``--mind`` removals, ``.irem``, ``.bed/.bim/.fam`` as plink would write them)."""
+    fs = bfile if isinstance(bfile, PlinkFileset) else read_plink(bfile)
+    removed = local_mind(fs, config.mind)
+    kept = np.flatnonzero(decision.keep)
+    result = QCResult(
+        prefix=str(fs.prefix),
+        config=asdict(config),
+        keep_allele_order=not decision.reverse.any(),
+        sample_removed_mind=removed,
+        variant_status=decision.status,
+        a2_freq=decision.a2_freq,
+        reverse=decision.reverse,
+        output_order=kept[sorted_order(fs.bim.chrom[kept], fs.bim.pos[kept])],
+        hwe_controls_only=decision.hwe_controls_only,
+        n_founders=int(np.count_nonzero(fs.fam.founder & ~removed)),
+        sample_ids=list(zip(fs.fam.fid, fs.fam.iid, strict=True)),
+        bim=fs.bim,
+    )
+    write_qc_outputs(fs, result, out)
+    return result

@@ -1,0 +1,100 @@
+"""Federated QC from per-site counts equals plink1.9 on the merged fileset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from preprocessing.errors import G2IError
+from preprocessing.federated_qc import (
+    SiteCounts,
+    apply_keep_list,
+    federated_variant_qc,
+    site_counts,
+)
+from preprocessing.plink import read_plink
+from preprocessing.qc import qc_config
+from tests.preprocessing.plink_cases import needs_plink, random_fileset, read_outputs, run_plink
+from tests.preprocessing.test_qc import plink_counts
+
+pytestmark = needs_plink
+
+
+def split_sites(bfile: Path, tmp: Path, n_sites: int = 3, seed: int = 0) -> list[Path]:
+    """Split the samples of ``bfile`` into sites (same .bim everywhere)."""
+    fam = read_plink(bfile).fam
+    site_of = np.random.default_rng(seed).integers(0, n_sites, fam.n)
+    sites = []
+    for k in range(n_sites):
+        keep = tmp / f"keep-{k}.txt"
+        keep.write_text(
+            "".join(f"{fam.fid[i]} {fam.iid[i]}\n" for i in np.flatnonzero(site_of == k))
+        )
+        out = tmp / f"site-{k}"
+        proc = run_plink(
+            "--bfile", str(bfile), "--keep", str(keep), "--keep-allele-order",
+            "--make-bed", "--out", str(out),
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stdout
+        sites.append(out)
+    return sites
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        dict(mind=0.1, geno=0.05, hwe=1e-3, maf=0.01, mods=()),
+        dict(mind=0.1, geno=0.1, hwe=0.01, maf=0.05, mods=("midp",)),
+        dict(mind=0.1, hwe=0.05, maf=0.01, mods=("include-nonctrl",)),
+    ],
+    ids=["paper", "midp", "include-nonctrl"],
+)
+def test_three_sites_give_plinks_pooled_result(flags: dict, tmp_path: Path) -> None:
+    merged = random_fileset(tmp_path / "merged", n_samples=90, seed=11)
+    sites = split_sites(merged, tmp_path)
+    cfg = qc_config(flags["mind"], flags.get("geno"), flags["maf"], flags["hwe"], flags["mods"])
+    # what travels: flat integer arrays only
+    shared = [SiteCounts.from_arrays(site_counts(s, cfg).to_arrays()) for s in sites]
+    decision = federated_variant_qc(shared, cfg)
+
+    args = [
+        "--mind",
+        "0.1",
+        "--maf",
+        repr(flags["maf"]),
+        "--hwe",
+        repr(flags["hwe"]),
+        *flags["mods"],
+    ]
+    if "geno" in flags:
+        args += ["--geno", repr(flags["geno"])]
+    ref = tmp_path / "ref"
+    assert run_plink("--bfile", str(merged), *args, "--make-bed", "--out", str(ref)).returncode == 0
+    counts = plink_counts(Path(f"{ref}.log").read_text())
+    summary = decision.summary()
+    assert summary["removed"] == {k: counts[k] for k in ("geno", "hwe", "maf")}
+    assert summary["removed_mind"] == counts["mind"]
+    ref_bim = Path(f"{ref}.bim").read_bytes()
+    for k, site in enumerate(sites):
+        apply_keep_list(site, decision, cfg, tmp_path / f"qc-{k}")
+        # the site's QC'd .bim (kept SNPs, pooled A1 = minor orientation) is plink's merged one
+        assert Path(f"{tmp_path / f'qc-{k}'}.bim").read_bytes() == ref_bim
+        # and its genotypes are plink's merged output restricted to the site's samples
+        sub = tmp_path / f"ref-{k}"
+        run_plink(
+            "--bfile", str(ref), "--keep", str(tmp_path / f"keep-{k}.txt"),
+            "--keep-allele-order", "--make-bed", "--out", str(sub),
+        )  # fmt: skip
+        mine = read_outputs(tmp_path / f"qc-{k}")
+        theirs = read_outputs(sub)
+        assert mine[".bed"] == theirs[".bed"] and mine[".fam"] == theirs[".fam"]
+
+
+def test_sites_with_different_arrays_are_refused(tmp_path: Path) -> None:
+    a = random_fileset(tmp_path / "a", seed=1)
+    b = random_fileset(tmp_path / "b", seed=1, snps_per_chrom=41)
+    cfg = qc_config(maf=0.01)
+    with pytest.raises(G2IError, match="other variants"):
+        federated_variant_qc([site_counts(a, cfg), site_counts(b, cfg)], cfg)
