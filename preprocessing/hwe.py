@@ -114,4 +114,37 @@ def hwe_fails(
         out = np.empty(het.size, dtype=np.uint8)
         _ext.hwe_fail_mask(het, hom1, hom2, thresh, bool(midp), out)
         return out.astype(bool)
-    return hwe_exact_p_array(het, hom1, hom2, midp) < thresh  # pragma: no cover
+    fails = hwe_exact_p_array(het, hom1, hom2, midp) < thresh
+    for i in np.flatnonzero(~fails):
+        fails[i] = _plink_shortcut_fails(int(het[i]), int(hom1[i]), int(hom2[i]), thresh, midp)
+    return fails
+
+
+def _plink_shortcut_fails(het: int, hom1: int, hom2: int, thresh: float, midp: bool) -> bool:
+    """PLINK 1.9's ``--hwe`` also fails a SNP whose p passes when the observed count and the
+    first configuration beyond the mode do not reach the threshold and neither tail has a
+    configuration after its first one (it never re-checks the first near-side term)."""
+    n = het + hom1 + hom2
+    homr, homc = min(hom1, hom2), max(hom1, hom2)
+    rare = 2 * homr + het
+    if n == 0 or het * 2 * n == rare * (2 * n - rare):
+        return False
+    up = het * 2 * n < rare * (2 * n - rare)  # the mode lies above the observed count
+    h, r, c, p, centre, tail, ties = float(het), float(homr), float(homc), 1.0, 0.0, 1.0, 1
+    while (r >= 0.5) if up else (h >= 1.5):
+        if up:
+            p *= 4.0 * r * c / ((h + 2.0) * (h + 1.0))
+            h, r, c = h + 2.0, r - 1.0, c - 1.0
+        else:
+            p *= h * (h - 1.0) / (4.0 * (r + 1.0) * (c + 1.0))
+            h, r, c = h - 2.0, r + 1.0, c + 1.0
+        if p <= 1.0 + TIE_TOLERANCE:
+            tail += p
+            ties += p >= 1.0 - TIE_TOLERANCE
+            break
+        centre += p
+    if tail * (1.0 - thresh) - (0.5 * ties if midp else 0.0) >= thresh * centre:
+        return False
+    near_more = het >= 4 if up else homr > 1
+    far_more = r > 0.5 if up else h > 1.5
+    return not near_more and not far_more

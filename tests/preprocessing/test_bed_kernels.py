@@ -1,0 +1,83 @@
+"""The compiled .bed kernels and their numpy fallbacks give the same answers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from preprocessing import bed_kernels, hwe, plink
+from preprocessing.bed_kernels import (
+    A1_COUNT_OF_CODE,
+    count_genotypes,
+    decode_rows,
+    extract_rows,
+    sample_missing_counts,
+)
+from preprocessing.plink_io import pack_bed_rows
+from preprocessing.qc import qc_config, run_qc
+from tests.preprocessing.plink_cases import random_fileset, read_outputs
+
+pytestmark = pytest.mark.skipif(not bed_kernels.HAVE_EXTENSION, reason="extension not built")
+
+
+def no_extension(monkeypatch: pytest.MonkeyPatch) -> None:
+    for mod in (bed_kernels, hwe, plink):
+        monkeypatch.setattr(mod, "_ext", None)
+
+
+@pytest.mark.parametrize("n_samples", [1, 31, 32, 33, 70])
+def test_kernels_equal_numpy(monkeypatch: pytest.MonkeyPatch, n_samples: int) -> None:
+    rng = np.random.default_rng(n_samples)
+    g = rng.integers(-1, 3, (23, n_samples)).astype(np.int8)
+    bed = pack_bed_rows(g)
+    np.testing.assert_array_equal(A1_COUNT_OF_CODE[decode_rows(bed, n_samples)], g)
+    masks = [rng.random(n_samples) < 0.5, np.ones(n_samples, bool), np.zeros(n_samples, bool)]
+    rows = rng.permutation(23)[:15]
+    rev = rng.random(15) < 0.5
+    keep = np.flatnonzero(rng.random(n_samples) < 0.7)
+    fast = (
+        count_genotypes(bed, n_samples, masks, 2, 20),
+        sample_missing_counts(bed, n_samples, masks[0]),
+        extract_rows(bed, n_samples, rows, rev),
+        extract_rows(bed, n_samples, rows, rev, keep),
+    )
+    no_extension(monkeypatch)
+    slow = (
+        count_genotypes(bed, n_samples, masks, 2, 20),
+        sample_missing_counts(bed, n_samples, masks[0]),
+        extract_rows(bed, n_samples, rows, rev),
+        extract_rows(bed, n_samples, rows, rev, keep),
+    )
+    for a, b in zip(fast, slow, strict=True):
+        np.testing.assert_array_equal(a, b)
+    # the counts are what the genotypes say
+    sub = g[2:20][:, masks[0]]
+    expected = np.stack([(sub == k).sum(1) for k in (2, 1, 0, -1)], axis=1)
+    np.testing.assert_array_equal(fast[0][:, 0], expected)
+    swapped = np.where(g[rows] >= 0, 2 - g[rows], -1)
+    np.testing.assert_array_equal(
+        fast[3], pack_bed_rows(np.where(rev[:, None], swapped, g[rows])[:, keep])
+    )
+
+
+def test_qc_without_extension_writes_the_same_files(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    bfile = random_fileset(tmp_path / "in", seed=6)
+    cfg = qc_config(mind=0.1, geno=0.05, hwe=1e-3, maf=0.01)
+    run_qc(bfile, cfg, tmp_path / "fast")
+    no_extension(monkeypatch)
+    run_qc(bfile, cfg, tmp_path / "slow")
+    assert read_outputs(tmp_path / "fast") == read_outputs(tmp_path / "slow")
+
+
+def test_hwe_decisions_without_extension(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(2)
+    counts = [rng.integers(0, 25, 3000) for _ in range(3)]
+    fast = [hwe.hwe_fails(*counts, thr, midp) for thr in (1e-3, 0.05) for midp in (False, True)]
+    no_extension(monkeypatch)
+    slow = [hwe.hwe_fails(*counts, thr, midp) for thr in (1e-3, 0.05) for midp in (False, True)]
+    for a, b in zip(fast, slow, strict=True):
+        np.testing.assert_array_equal(a, b)
