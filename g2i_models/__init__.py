@@ -1,12 +1,9 @@
 """The ML library: autoencoder, SNP encoder, conditional UNet, diffusion training and sampling.
 
 Knows nothing of Flower: the federated client and the centralized baseline call the same
-functions.
+functions. Modules: ``autoencoder``, ``snp_encoder``, ``unet`` (the four variants),
+``diffusion`` (schedulers, loss, sampling), ``train`` (training and evaluation steps),
+``pipeline`` (the saved model folder), ``datasets``, ``baseline``, ``plots``, ``cli``.
 """
 
-from g2i_models.snp_encoder import SNPEncoder
-
 __version__ = "0.1.0"
-
-# ``G2IPipeline.from_pretrained`` finds the SNP encoder class through this package.
-__all__ = ["SNPEncoder", "__version__"]

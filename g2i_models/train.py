@@ -8,7 +8,7 @@ passed in (Opacus: pass the ``make_private`` model, optimiser and loader).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sized
 from typing import Any
 
 import torch
@@ -78,11 +78,16 @@ def _run(
     average the returned parts weighted by batch size."""
     sums: dict[str, float] = {}
     n_seen, steps = 0, 0
-    bar = tqdm(total=None if max_steps <= 0 else max_steps, disable=not progress, desc=desc)
+    total = epochs * len(loader) if isinstance(loader, Sized) else None
+    if max_steps > 0:
+        total = max_steps if total is None else min(total, max_steps)
+    bar = tqdm(total=total, disable=not progress, desc=desc)
     for epoch in range(epochs):
         for batch in loader:
-            parts = step(batch)
             b = len(batch["image"])
+            if b == 0:  # Poisson sampling (DP-SGD) can draw an empty batch
+                continue
+            parts = step(batch)
             n_seen += b
             steps += 1
             for k, v in parts.items():
