@@ -77,6 +77,7 @@ def _run(
     """Call ``step`` on every batch for ``epochs`` (at most ``max_steps`` > 0 steps) and
     average the returned parts weighted by batch size."""
     sums: dict[str, float] = {}
+    counts: dict[str, int] = {}  # parts such as the adversarial terms start late
     n_seen, steps = 0, 0
     total = epochs * len(loader) if isinstance(loader, Sized) else None
     if max_steps > 0:
@@ -92,6 +93,7 @@ def _run(
             steps += 1
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v * b
+                counts[k] = counts.get(k, 0) + b
             if history is not None:
                 history.append({"step": float(len(history)), "epoch": float(epoch), **parts})
             bar.update(1)
@@ -103,7 +105,7 @@ def _run(
     bar.close()
     if steps == 0:
         raise ValueError(f"{desc}: the data loader yielded no batch")
-    metrics = {k: v / n_seen for k, v in sums.items()}
+    metrics = {k: v / counts[k] for k, v in sums.items()}
     metrics.update(num_examples=float(n_seen), steps=float(steps))
     return metrics
 

@@ -4,6 +4,7 @@ from opacus import PrivacyEngine
 from torch.utils.data import DataLoader, TensorDataset
 
 from g2i_models.autoencoder import (
+    PatchDiscriminator,
     build_autoencoder,
     latent_moments,
     scale_factor_from_moments,
@@ -152,3 +153,16 @@ def test_adversarial_term_needs_a_discriminator(model_config, batch) -> None:
     ae = build_autoencoder(model_config(), IMAGE_SIZE)
     with pytest.raises(ValueError, match="PatchDiscriminator"):
         train_autoencoder(ae, [batch], tiny_train_config(adv_weight=0.1), CPU)
+
+
+def test_adversarial_term_trains_the_discriminator(model_config, batch) -> None:
+    torch.manual_seed(0)
+    ae = build_autoencoder(model_config(), IMAGE_SIZE)
+    disc = PatchDiscriminator(channels=8, n_layers=2, groups=4)
+    before = snapshot(disc)
+    cfg = tiny_train_config(adv_weight=0.1, adv_start_step=1, ae_epochs=3)
+    history: list[dict[str, float]] = []
+    metrics = train_autoencoder(ae, [batch], cfg, CPU, discriminator=disc, history=history)
+    assert "d_adv" not in history[0] and "d_adv" in history[1] and "g_adv" in history[2]
+    assert metrics["steps"] == 3
+    assert any(not torch.equal(before[k], v) for k, v in snapshot(disc).items())
