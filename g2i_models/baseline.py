@@ -74,6 +74,11 @@ def train_centralized(
     device = get_device(train_cfg.device)
     seed_everything(seed)
     sample = train_set[0]
+    if sample["image"].shape[0] != 1:
+        raise ValueError(
+            f"the models take one slice per item, got images {tuple(sample['image'].shape)}"
+            "; prepare the data with data.n_slices=1"
+        )
     image_size = sample["image"].shape[-1]
     n_snps = sample["genotypes"].numel()
     loader_kw = {"batch_size": train_cfg.batch_size, "num_workers": train_cfg.num_workers}

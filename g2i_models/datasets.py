@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -83,17 +84,19 @@ class SyntheticSliceDataset(Dataset):
         }
 
 
-def _site_loader():
-    try:
-        module = importlib.import_module("preprocessing")
-        return module.load_site_dataset
-    except (ImportError, AttributeError) as err:
-        raise DataSourceError(
-            "data.source=site needs preprocessing.load_site_dataset (the imaging pipeline), "
-            "which is not available. Prepare sites with `g2i-prepare site_dir=... "
-            "output_dir=...` once it exists, or train on the built-in synthetic test data "
-            "with `g2i-train data.source=synthetic`."
-        ) from err
+def _site_loader() -> Callable[[Path, str], Dataset]:
+    """``load_site_dataset(path, split)`` of the imaging pipeline (package or module level)."""
+    for name in ("preprocessing", "preprocessing.dataset"):
+        try:
+            return importlib.import_module(name).load_site_dataset
+        except (ImportError, AttributeError):
+            continue
+    raise DataSourceError(
+        "data.source=site needs preprocessing.load_site_dataset (the imaging pipeline), "
+        "which is not available. Prepare sites with `g2i-prepare site_dir=... "
+        "output_dir=...` once it exists, or train on the built-in synthetic test data "
+        "with `g2i-train data.source=synthetic`."
+    )
 
 
 def site_folders(root: Path) -> list[Path]:

@@ -41,6 +41,7 @@ def test_synthetic_source() -> None:
 
 def test_site_source_without_imaging_pipeline_says_what_to_run(monkeypatch, tmp_path) -> None:
     monkeypatch.setitem(sys.modules, "preprocessing", types.ModuleType("preprocessing"))
+    monkeypatch.setitem(sys.modules, "preprocessing.dataset", None)
     with pytest.raises(DataSourceError, match="g2i-prepare.*data.source=synthetic"):
         load_datasets(DataConfig(root=str(tmp_path)))
 
