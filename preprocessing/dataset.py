@@ -36,8 +36,9 @@ CACHE_VERSION = 1
 LABELS = ("CN", "MCI", "AD")
 MISSING_CODE = 3
 SPLITS = ("train", "val", "test")
-# Genotype table: index = subject ID, columns = SNP names, values 0/1/2 or NaN (missing).
-GenotypeSource = Callable[[Path], pd.DataFrame]
+# Called with the site folder; returns the genotype table (index = subject ID, columns = SNP
+# names, values 0/1/2, missing as -1 or NaN) and a JSON-able report kept in the manifest.
+GenotypeSource = Callable[[Path], tuple[pd.DataFrame, dict[str, Any]]]
 
 
 def map_diagnoses(clinical: pd.DataFrame, cfg: DataConfig) -> pd.Series:
@@ -120,7 +121,8 @@ def prepare_site(
         site_dir: folder with ``clinical.csv``, ``genotypes.bed/.bim/.fam`` and ``mri/``.
         output_dir: cache folder; reused as is when inputs and config are unchanged.
         cfg: the data config (slices, normalisation, splits, diagnosis vocabulary).
-        genotypes: called with ``site_dir``, returns the QC'd panel table (subject x SNP).
+        genotypes: called with ``site_dir``, returns the QC'd panel table (subject x SNP)
+            and its report (``preprocessing.site.site_genotype_panel``).
         seed: seed of the train / val / test split.
     """
     site = Path(site_dir)
@@ -142,7 +144,7 @@ def prepare_site(
     if "PTID" not in clinical.columns:
         raise G2IError(f"{clinical_path}: no PTID column")
     labels = map_diagnoses(clinical, cfg)
-    table = genotypes(site)
+    table, genotype_report = genotypes(site)
     exclusions: list[dict[str, str]] = []
     candidates: list[tuple[str, int, Path]] = []
     for sid, label in zip(clinical["PTID"], labels, strict=True):
@@ -188,7 +190,7 @@ def prepare_site(
 
     snp_names = [str(c) for c in table.columns]
     geno = table.loc[[sid for sid, _ in kept]].to_numpy(dtype=np.float64)
-    codes = np.where(np.isnan(geno), MISSING_CODE, geno).astype(np.int8)
+    codes = np.where(np.isnan(geno) | (geno < 0), MISSING_CODE, geno).astype(np.int8)
     np.save(out / "genotypes.npy", codes)
 
     ids = [sid for sid, _ in kept]
@@ -206,6 +208,7 @@ def prepare_site(
         "slice_space": "MNI152 mm canvas: rows y +91..-126, columns x -108.5..+108.5",
         "slice_z_mm": spec.z_levels.tolist(),
         "snp_names": snp_names,
+        "genotype_report": genotype_report,
         "subjects": [
             {"id": sid, "label": int(lab), "dx": LABELS[lab], "split": split[sid], "row": i}
             for i, (sid, lab) in enumerate(kept)

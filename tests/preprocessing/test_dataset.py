@@ -25,11 +25,11 @@ def _cfg(**changes: object) -> DataConfig:
     return replace(base, **{"image_size": 32, "val_fraction": 0.2, "test_fraction": 0.2, **changes})
 
 
-def _table_from_clinical(site: Path) -> pd.DataFrame:
+def _table_from_clinical(site: Path) -> tuple[pd.DataFrame, dict]:
     # A stand-in genotype panel: deterministic codes per subject, one missing call.
     ids = pd.read_csv(site / "clinical.csv", dtype={"PTID": str}).PTID
-    rows = {sid: [i % 3, (i + 1) % 3, float("nan") if i == 0 else 1] for i, sid in enumerate(ids)}
-    return pd.DataFrame.from_dict(rows, orient="index", columns=SNPS)
+    rows = {sid: [i % 3, (i + 1) % 3, -1 if i == 0 else 1] for i, sid in enumerate(ids)}
+    return pd.DataFrame.from_dict(rows, orient="index", columns=SNPS), {"source": "test"}
 
 
 @pytest.fixture()
@@ -82,10 +82,10 @@ def test_exclusions_are_listed_and_the_run_goes_on(site: Path, tmp_path: Path) -
     clinical.loc[4, "DX"] = "Unknown"  # unusable diagnosis
     clinical.to_csv(site / "clinical.csv", index=False)
 
-    def table(s: Path) -> pd.DataFrame:
-        t = _table_from_clinical(s).drop(index=ids[5])  # failed genotype QC
+    def table(s: Path) -> tuple[pd.DataFrame, dict]:
+        t = _table_from_clinical(s)[0].drop(index=ids[5])  # failed genotype QC
         t.loc["999_S_9999"] = [0, 0, 0]  # genotyped, no clinical record
-        return t
+        return t, {}
 
     m = prepare_site(site, tmp_path / "prep", _cfg(), table, progress=False)
     reasons = {e["subject"]: e["reason"] for e in m["exclusions"]}
@@ -134,3 +134,24 @@ def test_adni_vocabularies() -> None:
 def test_missing_manifest_names_the_fix(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="g2i-prepare"):
         load_site_dataset(tmp_path)
+
+
+def test_real_genotype_step_and_cli(site: Path, cohort_dir: Path, tmp_path: Path) -> None:
+    from preprocessing.prepare_cli import main
+
+    out = tmp_path / "prep"
+    assert main([f"site_dir={site}", f"output_dir={out}", "data.image_size=32"]) == 0
+    m = json.loads((out / "manifest.json").read_text())
+    planted = json.loads((cohort_dir / "truth" / "qc_planted.json").read_text())
+    bad = set(planted["samples"]["site-0"])
+    reasons = {e["subject"]: e["reason"] for e in m["exclusions"]}
+    assert bad and all(reasons[b] == "no genotypes after QC" for b in bad)
+    assert m["snp_names"][-1] == "APOE_e4" and "rs429358" in m["snp_names"]
+    assert m["genotype_report"]["panel"]["apoe_e4_source"]["rs429358"] == len(m["subjects"])
+    clinical = pd.read_csv(site / "clinical.csv", dtype={"PTID": str}).set_index("PTID")
+    geno = np.load(out / "genotypes.npy")
+    for s in m["subjects"]:
+        e4 = int(clinical.loc[s["id"], "APGEN1"] == 4) + int(clinical.loc[s["id"], "APGEN2"] == 4)
+        assert geno[s["row"], -1] in (e4, 3)  # 3: the call was missing
+    assert main([]) == 0  # help
+    assert main([f"site_dir={site}"]) == 2  # output_dir missing
