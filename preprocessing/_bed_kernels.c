@@ -59,40 +59,41 @@ static inline uint64_t load_word(const uint8_t *row, Py_ssize_t nb, Py_ssize_t k
                 acc[3 * m + 2] += __builtin_popcountll(both & msk);                        \
             }                                                                              \
         }                                                                                  \
-        memcpy(res + r * n_masks * 3, acc, (size_t)n_masks * 3 * sizeof(uint32_t));        \
+        for (Py_ssize_t q = 0; q < n_masks * 3; q++) res[q * res_stride + r] = acc[q];       \
     }
 
 #if HAVE_POPCNT_VARIANT
 POPCNT_TARGET static void count_rows_popcnt(const uint8_t *base, Py_ssize_t nb,
                                             Py_ssize_t row_start, Py_ssize_t n_rows,
                                             const uint64_t *mk, Py_ssize_t n_masks,
-                                            uint32_t *res) {
+                                            uint32_t *res, Py_ssize_t res_stride) {
     COUNT_ROWS_BODY
 }
 #endif
 
 static void count_rows_generic(const uint8_t *base, Py_ssize_t nb, Py_ssize_t row_start,
                                Py_ssize_t n_rows, const uint64_t *mk, Py_ssize_t n_masks,
-                               uint32_t *res) {
+                               uint32_t *res, Py_ssize_t res_stride) {
     COUNT_ROWS_BODY
 }
 
-/* count_masks(bed, nb, row_start, row_stop, masks, n_masks, out)
+/* count_masks(bed, nb, row_start, row_stop, masks, n_masks, out, out_stride)
  * bed: the genotype bytes (row r at r * nb); masks: n_masks x W uint64 words with bit 2s
- * set for sample s in the subset; out: (row_stop - row_start) x n_masks x 3 uint32 =
- * popcount(lo), popcount(hi), popcount(lo & hi) per row and mask. */
+ * set for sample s in the subset; out: uint32 (n_masks x 3) x out_stride, row r of the call
+ * at column r: popcount(lo), popcount(hi), popcount(lo & hi) per mask. */
 static PyObject *count_masks(PyObject *self, PyObject *args) {
     Py_buffer bed, masks, out;
-    Py_ssize_t nb, row_start, row_stop, n_masks;
-    if (!PyArg_ParseTuple(args, "y*nnny*nw*", &bed, &nb, &row_start, &row_stop, &masks,
-                          &n_masks, &out)) {
+    Py_ssize_t nb, row_start, row_stop, n_masks, res_stride;
+    if (!PyArg_ParseTuple(args, "y*nnny*nw*n", &bed, &nb, &row_start, &row_stop, &masks,
+                          &n_masks, &out, &res_stride)) {
         return NULL;
     }
     Py_ssize_t n_words = (nb + 7) / 8;
     Py_ssize_t n_rows = row_stop - row_start;
     int ok = row_start >= 0 && row_stop >= row_start && row_stop * nb <= bed.len &&
              masks.len >= (Py_ssize_t)(n_masks * n_words * 8) && n_masks <= 16 &&
-             out.len >= (Py_ssize_t)(n_rows * n_masks * 3 * 4);
+             res_stride >= n_rows &&
+             out.len >= (Py_ssize_t)(((n_masks * 3 - 1) * res_stride + n_rows) * 4);
     if (ok) {
         const uint8_t *base = (const uint8_t *)bed.buf;
         const uint64_t *mk = (const uint64_t *)masks.buf;
@@ -100,12 +101,12 @@ static PyObject *count_masks(PyObject *self, PyObject *args) {
         Py_BEGIN_ALLOW_THREADS
 #if HAVE_POPCNT_VARIANT
         if (__builtin_cpu_supports("popcnt")) {
-            count_rows_popcnt(base, nb, row_start, n_rows, mk, n_masks, res);
+            count_rows_popcnt(base, nb, row_start, n_rows, mk, n_masks, res, res_stride);
         } else {
-            count_rows_generic(base, nb, row_start, n_rows, mk, n_masks, res);
+            count_rows_generic(base, nb, row_start, n_rows, mk, n_masks, res, res_stride);
         }
 #else
-        count_rows_generic(base, nb, row_start, n_rows, mk, n_masks, res);
+        count_rows_generic(base, nb, row_start, n_rows, mk, n_masks, res, res_stride);
 #endif
         Py_END_ALLOW_THREADS
     }
@@ -158,6 +159,23 @@ static PyObject *sample_missing(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* 64 bits of a row starting at bit `bit` (little-endian); bits past the row read as 0. */
+static inline uint64_t get_bits64(const uint8_t *row, Py_ssize_t nb, int64_t bit) {
+    Py_ssize_t byte = (Py_ssize_t)(bit >> 3);
+    int sh = (int)(bit & 7);
+    uint64_t lo = load_word(row + byte, nb - byte, 0);
+    if (sh == 0) return lo;
+    uint64_t hi = byte + 8 < nb ? row[byte + 8] : 0;
+    return (lo >> sh) | (hi << (64 - sh));
+}
+
+typedef struct {
+    int32_t word;    /* output 64-bit word */
+    int32_t shift;   /* bit offset in it */
+    int64_t src_bit; /* bit offset in the source row */
+    int32_t n_bits;  /* 2 per sample */
+} Segment;
+
 /* Swap hom A1 (00) and hom A2 (11) in each 2-bit field of a byte. */
 static uint8_t reverse_lut[256];
 
@@ -199,6 +217,29 @@ static PyObject *extract_rows(PyObject *self, PyObject *args) {
     for (Py_ssize_t i = 0; ok && i < n_keep_listed; i++) {
         ok = keep_idx[i] >= 0 && keep_idx[i] < nb * 4;
     }
+    /* Kept samples as segments: consecutive source samples landing in one 32-sample output
+     * word, each copied per row as one 64-bit bit field. */
+    Segment *segs = NULL;
+    Py_ssize_t n_segs = 0, n_words_out = (n_keep + 31) / 32;
+    uint64_t *words = NULL;
+    if (ok && !all_samples) {
+        segs = PyMem_RawMalloc(sizeof(Segment) * (size_t)(n_keep + 1));
+        words = PyMem_RawMalloc(sizeof(uint64_t) * (size_t)(n_words_out + 1));
+        if (segs == NULL || words == NULL) {
+            ok = 0;
+        }
+        for (Py_ssize_t j = 0; ok && j < n_keep; j++) {
+            if (n_segs && (j & 31) && keep_idx[j] == keep_idx[j - 1] + 1) {
+                segs[n_segs - 1].n_bits += 2;
+            } else {
+                segs[n_segs].word = (int32_t)(j >> 5);
+                segs[n_segs].shift = (int32_t)(2 * (j & 31));
+                segs[n_segs].src_bit = 2 * keep_idx[j];
+                segs[n_segs].n_bits = 2;
+                n_segs++;
+            }
+        }
+    }
     if (ok) {
         const uint8_t *base = (const uint8_t *)bed.buf;
         const uint8_t *flip = (const uint8_t *)rev.buf;
@@ -209,25 +250,19 @@ static PyObject *extract_rows(PyObject *self, PyObject *args) {
             const uint8_t *src = base + row_idx[i] * nb;
             uint8_t *o = dst + i * nb_out;
             if (all_samples) {
-                if (flip[i]) {
-                    for (Py_ssize_t j = 0; j < nb; j++) {
-                        o[j] = reverse_lut[src[j]];
-                    }
-                } else {
-                    memcpy(o, src, (size_t)nb);
-                }
+                memcpy(o, src, (size_t)nb);
             } else {
-                memset(o, 0, (size_t)nb_out);
-                for (Py_ssize_t j = 0; j < n_keep; j++) {
-                    int64_t s = keep_idx[j];
-                    uint8_t c = (uint8_t)((src[s >> 2] >> (2 * (s & 3))) & 3);
-                    o[j >> 2] |= (uint8_t)(c << (2 * (j & 3)));
+                memset(words, 0, sizeof(uint64_t) * (size_t)n_words_out);
+                for (Py_ssize_t k = 0; k < n_segs; k++) {
+                    const Segment *g = segs + k;
+                    uint64_t bits = get_bits64(src, nb, g->src_bit);
+                    if (g->n_bits < 64) bits &= (1ULL << g->n_bits) - 1;
+                    words[g->word] |= bits << g->shift;
                 }
-                if (flip[i]) {
-                    for (Py_ssize_t j = 0; j < nb_out; j++) {
-                        o[j] = reverse_lut[o[j]];
-                    }
-                }
+                memcpy(o, words, (size_t)nb_out);
+            }
+            if (flip[i]) {
+                for (Py_ssize_t j = 0; j < nb_out; j++) o[j] = reverse_lut[o[j]];
             }
             if (nb_out) {
                 o[nb_out - 1] &= tail_mask;
@@ -235,6 +270,8 @@ static PyObject *extract_rows(PyObject *self, PyObject *args) {
         }
         Py_END_ALLOW_THREADS
     }
+    PyMem_RawFree(segs);
+    PyMem_RawFree(words);
     PyBuffer_Release(&bed);
     PyBuffer_Release(&rows);
     PyBuffer_Release(&rev);
@@ -534,7 +571,154 @@ static PyObject *gather_pieces(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* ---- .bim text ----
+ * parse_bim(raw, tok_start, tok_end, line_no, pos, flags, id_hash) tokenises a .bim in one
+ * pass.  Arrays are preallocated for max_lines lines (int64 n x 6 for tokens).  Per line:
+ * pos = parsed decimal position (-1 if not a plain non-negative integer), flags bit 0 = cM
+ * token is "0", bit 1 = position token canonical (no leading zero / sign), id_hash = FNV-1a
+ * of the ID.  Returns the number of variant lines, or -(line number) of the first line
+ * without exactly 6 fields. */
+static PyObject *parse_bim(PyObject *self, PyObject *args) {
+    Py_buffer raw, ts, te, ln, pos, flags, hash;
+    if (!PyArg_ParseTuple(args, "y*w*w*w*w*w*w*", &raw, &ts, &te, &ln, &pos, &flags, &hash)) {
+        return NULL;
+    }
+    Py_ssize_t cap = ln.len / 8;
+    int ok = ts.len >= cap * 48 && te.len >= cap * 48 && pos.len >= cap * 8 &&
+             flags.len >= cap && hash.len >= cap * 8;
+    Py_ssize_t n = 0;
+    if (ok) {
+        const uint8_t *b = raw.buf;
+        Py_ssize_t len = raw.len;
+        int64_t *st = ts.buf, *en = te.buf, *lno = ln.buf, *ps = pos.buf;
+        uint8_t *fl = flags.buf;
+        uint64_t *hs = hash.buf;
+        Py_BEGIN_ALLOW_THREADS
+        Py_ssize_t i = 0;
+        int64_t line = 0;
+        while (i < len && n >= 0) {
+            line++;
+            int64_t s6[6], e6[6];
+            int k = 0;
+            while (i < len && b[i] != '\n') {
+                uint8_t c = b[i];
+                if (c == ' ' || c == '\t' || c == '\r') {
+                    i++;
+                    continue;
+                }
+                Py_ssize_t start = i;
+                while (i < len && b[i] != '\n' && b[i] != ' ' && b[i] != '\t' && b[i] != '\r') i++;
+                if (k < 6) {
+                    s6[k] = start;
+                    e6[k] = i;
+                }
+                k++;
+            }
+            i++; /* skip the newline */
+            if (k == 0) continue;
+            if (k != 6 || n >= cap) {
+                n = -line;
+                break;
+            }
+            memcpy(st + 6 * n, s6, sizeof(s6));
+            memcpy(en + 6 * n, e6, sizeof(e6));
+            lno[n] = line;
+            int64_t v = 0;
+            int valid = e6[3] - s6[3] <= 18;
+            for (int64_t q = s6[3]; q < e6[3] && valid; q++) {
+                if (b[q] < '0' || b[q] > '9') valid = 0;
+                else v = v * 10 + (b[q] - '0');
+            }
+            ps[n] = valid ? v : -1;
+            fl[n] = (uint8_t)(((e6[2] - s6[2] == 1) && b[s6[2]] == '0') |
+                              (((e6[3] - s6[3] == 1) || b[s6[3]] != '0') << 1));
+            uint64_t h = 1469598103934665603ULL;
+            for (int64_t q = s6[1]; q < e6[1]; q++) h = (h ^ b[q]) * 1099511628211ULL;
+            hs[n] = h;
+            n++;
+        }
+        Py_END_ALLOW_THREADS
+    }
+    PyBuffer_Release(&raw);
+    PyBuffer_Release(&ts);
+    PyBuffer_Release(&te);
+    PyBuffer_Release(&ln);
+    PyBuffer_Release(&pos);
+    PyBuffer_Release(&flags);
+    PyBuffer_Release(&hash);
+    if (!ok) {
+        PyErr_SetString(PyExc_ValueError, "parse_bim: output arrays too small");
+        return NULL;
+    }
+    return PyLong_FromSsize_t(n);
+}
+
+/* bim_lines(raw, tok_start, tok_end, rows, swap, chrom, out): PLINK's .bim lines for `rows`
+ * (int64), copying the ID and position tokens, writing the numeric chromosome code, cM "0",
+ * and the alleles in swapped order where swap[i].  Returns the bytes written. */
+static PyObject *bim_lines(PyObject *self, PyObject *args) {
+    Py_buffer raw, ts, te, rows, swap, chrom, out;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*y*y*w*", &raw, &ts, &te, &rows, &swap, &chrom, &out)) {
+        return NULL;
+    }
+    Py_ssize_t n = rows.len / 8, n_var = ts.len / 48, w = 0;
+    int ok = te.len == ts.len && swap.len >= n && chrom.len >= n_var * 2;
+    const int64_t *st = ts.buf, *en = te.buf, *r = rows.buf;
+    for (Py_ssize_t i = 0; ok && i < n; i++) ok = r[i] >= 0 && r[i] < n_var;
+    if (ok) {
+        const uint8_t *b = raw.buf;
+        const uint8_t *sw = swap.buf;
+        const int16_t *ch = chrom.buf;
+        uint8_t *o = out.buf;
+        Py_ssize_t cap = out.len;
+        Py_BEGIN_ALLOW_THREADS
+        for (Py_ssize_t i = 0; i < n && ok; i++) {
+            const int64_t *s = st + 6 * r[i], *e = en + 6 * r[i];
+            int a = sw[i] ? 5 : 4, c = sw[i] ? 4 : 5;
+            Py_ssize_t need = 3 + 1 + (e[1] - s[1]) + 3 + (e[3] - s[3]) + (e[a] - s[a]) +
+                              (e[c] - s[c]) + 4;
+            if (w + need > cap) {
+                ok = 0;
+                break;
+            }
+            int code = ch[r[i]];
+            if (code >= 10) o[w++] = (uint8_t)('0' + code / 10);
+            o[w++] = (uint8_t)('0' + code % 10);
+            o[w++] = '\t';
+            memcpy(o + w, b + s[1], (size_t)(e[1] - s[1]));
+            w += e[1] - s[1];
+            o[w++] = '\t';
+            o[w++] = '0';
+            o[w++] = '\t';
+            memcpy(o + w, b + s[3], (size_t)(e[3] - s[3]));
+            w += e[3] - s[3];
+            o[w++] = '\t';
+            memcpy(o + w, b + s[a], (size_t)(e[a] - s[a]));
+            w += e[a] - s[a];
+            o[w++] = '\t';
+            memcpy(o + w, b + s[c], (size_t)(e[c] - s[c]));
+            w += e[c] - s[c];
+            o[w++] = '\n';
+        }
+        Py_END_ALLOW_THREADS
+    }
+    PyBuffer_Release(&raw);
+    PyBuffer_Release(&ts);
+    PyBuffer_Release(&te);
+    PyBuffer_Release(&rows);
+    PyBuffer_Release(&swap);
+    PyBuffer_Release(&chrom);
+    PyBuffer_Release(&out);
+    if (!ok) {
+        PyErr_SetString(PyExc_ValueError, "bim_lines: rows out of range or output too small");
+        return NULL;
+    }
+    return PyLong_FromSsize_t(w);
+}
+
 static PyMethodDef methods[] = {
+    {"parse_bim", parse_bim, METH_VARARGS, "Tokenise a .bim."},
+    {"bim_lines", bim_lines, METH_VARARGS, "Write .bim lines."},
     {"gather_pieces", gather_pieces, METH_VARARGS, "Concatenate byte ranges."},
     {"count_masks", count_masks, METH_VARARGS, "Masked popcounts of .bed rows."},
     {"sample_missing", sample_missing, METH_VARARGS, "Per-sample missing-call counts."},

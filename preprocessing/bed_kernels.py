@@ -52,7 +52,9 @@ def sample_mask_words(selected: np.ndarray) -> np.ndarray:
 
 
 def _blocks(start: int, stop: int) -> list[tuple[int, int]]:
-    return [(s, min(s + _ROWS_PER_TASK, stop)) for s in range(start, stop, _ROWS_PER_TASK)]
+    """Row blocks: at most _ROWS_PER_TASK rows, and at least one per thread."""
+    size = min(_ROWS_PER_TASK, max(2048, -(-(stop - start) // n_threads())))
+    return [(s, min(s + size, stop)) for s in range(start, stop, size)]
 
 
 def _run_blocks(fn, blocks: list[tuple[int, int]]) -> None:
@@ -81,44 +83,44 @@ def count_genotypes(
     """Genotype counts of rows ``start:stop`` within each sample subset.
 
     bed: (n_snps, ceil(n_samples/4)) uint8 (a memory map is fine); masks: boolean
-    (n_samples,) arrays. Returns (n_rows, n_masks, 4) int64 counts of
-    [hom A1, het, hom A2, missing] (.bim A1 = column 5).
+    (n_samples,) arrays. Returns (n_masks, 4, n_rows) int32 counts of
+    [hom A1, het, hom A2, missing] (.bim A1 = column 5), one contiguous row per count.
     """
     stop = bed.shape[0] if stop is None else stop
     n_rows = stop - start
-    sizes = np.array([int(np.count_nonzero(m)) for m in masks], dtype=np.int32)
-    raw = np.zeros((n_rows, len(masks), 3), dtype=np.uint32)
+    raw = np.zeros((len(masks), 3, n_rows), dtype=np.uint32)
     if n_rows and masks:
         if _ext is not None and bed.flags.c_contiguous and len(masks) <= 16:
             words = np.ascontiguousarray(np.stack([sample_mask_words(m) for m in masks]))
             nb = bed.shape[1]
 
             def run(a: int, b: int) -> None:
-                _ext.count_masks(bed, nb, a, b, words, len(masks), raw[a - start : b - start])
+                # each block writes its own columns of the shared (K, 3, n_rows) array
+                view = raw.reshape(-1)[a - start :]
+                _ext.count_masks(bed, nb, a, b, words, len(masks), view, n_rows)
 
             _run_blocks(run, _blocks(start, stop))
         else:
             _count_numpy(bed, n_samples, masks, start, stop, raw)
-    lo, hi, both = (raw[..., k].view(np.int32) for k in range(3))
-    out = np.empty((n_rows, len(masks), 4), dtype=np.int32)
-    out[..., 2] = both
-    out[..., 1] = hi - both
-    out[..., 3] = lo - both
-    out[..., 0] = sizes[None, :] - lo - hi + both
+    lo, hi, both = (raw[:, k].view(np.int32) for k in range(3))
+    out = np.empty((len(masks), 4, n_rows), dtype=np.int32)
+    sizes = np.array([int(np.count_nonzero(m)) for m in masks], dtype=np.int32)[:, None]
+    np.copyto(out[:, 2], both)
+    np.subtract(hi, both, out=out[:, 1])
+    np.subtract(lo, both, out=out[:, 3])
+    out[:, 0] = sizes - lo - hi + both
     return out
 
 
 def _count_numpy(bed, n_samples, masks, start, stop, raw) -> None:
-    sel = np.stack([np.asarray(m, dtype=bool) for m in masks])  # (K, n)
+    sel = np.stack([np.asarray(m, dtype=bool) for m in masks]).astype(np.uint32)  # (K, n)
     for a in range(start, stop, 4096):
         b = min(a + 4096, stop)
         codes = decode_rows(bed[a:b], n_samples)
         lo = (codes & 1).astype(np.uint32)
         hi = (codes >> 1).astype(np.uint32)
-        sel_u = sel.T.astype(np.uint32)
-        raw[a - start : b - start, :, 0] = lo @ sel_u
-        raw[a - start : b - start, :, 1] = hi @ sel_u
-        raw[a - start : b - start, :, 2] = (lo & hi) @ sel_u
+        for k, x in enumerate((lo, hi, lo & hi)):
+            raw[:, k, a - start : b - start] = sel @ x.T
 
 
 def sample_missing_counts(

@@ -37,7 +37,7 @@ from preprocessing.qc import (
 
 @dataclass
 class SiteCounts:
-    """What one site shares. counts: (n_snps, 6, 4) int64 GroupCounts (see preprocessing.qc);
+    """What one site shares. counts: (6, 4, n_snps) int64 GroupCounts (see preprocessing.qc);
     chrom: (n_snps,) codes; bim_fingerprint: SHA-256 of the variant IDs, chromosomes and
     alleles (sites must genotype the same variants in the same order)."""
 

@@ -87,6 +87,7 @@ class Bim:
     chrom: np.ndarray  # (n,) int16 PLINK codes
     pos: np.ndarray  # (n,) int64
     cm_text: list[bytes] = field(default_factory=list)  # cM texts to write; [] = all '0'
+    pos_canonical: bool | None = None  # every position token written as PLINK writes it
 
     @property
     def n(self) -> int:
@@ -152,8 +153,9 @@ def _tokenize(raw: bytes, path: Path, n_fields: int) -> tuple[np.ndarray, np.nda
     starts = np.flatnonzero(~sep & prev_sep)
     ends = np.flatnonzero(~sep & next_sep) + 1
     newline_at = np.flatnonzero(newline)
-    tok_line = np.searchsorted(newline_at, starts)  # 0-based line of each token
-    counts = np.bincount(tok_line, minlength=newline_at.size + 1)
+    # tokens before each line end -> tokens per line (0-based lines; a last line may lack LF)
+    before = np.searchsorted(starts, np.append(newline_at, buf.size))
+    counts = np.diff(before, prepend=0)
     bad = np.flatnonzero((counts != 0) & (counts != n_fields))
     if bad.size:
         ln = int(bad[0])
@@ -175,44 +177,83 @@ def read_bim(path: str | Path) -> Bim:
     """Parse and validate a .bim file (chromosome codes, integer positions, numeric cM)."""
     path = Path(path)
     raw = _read_bytes(path)
-    starts, ends, line_no = _tokenize(raw, path, 6)
+    id_hash = None
+    if _ext is not None:
+        starts, ends, line_no, pos, flags, id_hash = _parse_bim_fast(raw, path)
+    else:
+        starts, ends, line_no = _tokenize(raw, path, 6)
+        pos = flags = None
     n = starts.shape[0]
     bim = Bim(raw, starts, ends, line_no, np.zeros(n, np.int16), np.zeros(n, np.int64))
     if n == 0:
         return bim
-    # chromosome: few distinct tokens
-    chrom_tok = bim.column(0)
-    uniq, inverse = np.unique(chrom_tok, return_inverse=True)
-    codes = np.empty(uniq.size, dtype=np.int16)
-    for i, tok in enumerate(uniq.tolist()):
-        code = chrom_code(tok.decode(errors="replace"))
+    bim.chrom = _chrom_codes(bim, path)
+    if pos is None or (pos < 0).any():
+        pos = _parse_ints(bim.column(3), line_no, path, "base-pair position")
+    bim.pos = pos
+    bim.pos_canonical = None if flags is None else bool((flags & 2).all())
+    if flags is None or not (flags & 1).all():
+        cm_tok = bim.column(2)
+        uniq_cm, inv_cm = np.unique(cm_tok, return_inverse=True)
+        cm_out = []
+        for i, tok in enumerate(uniq_cm.tolist()):
+            try:
+                cm_out.append(_canonical_cm(float(tok)))
+            except ValueError:
+                ln = int(line_no[np.flatnonzero(inv_cm == i)[0]])
+                raise GenotypeFormatError(
+                    f"centimorgan field {tok.decode(errors='replace')!r} is not a number", path, ln
+                ) from None
+        if uniq_cm.size > 1 or cm_out != [b"0"]:
+            bim.cm_text = [cm_out[i] for i in inv_cm.tolist()]
+    if id_hash is None:
+        _check_unique(bim.snp_ids, line_no, path, "SNP ID")
+    else:
+        # equal hashes are candidates; confirm on the IDs themselves
+        order = np.argsort(id_hash, kind="stable")
+        same = np.flatnonzero(id_hash[order][1:] == id_hash[order][:-1])
+        if same.size:
+            cand = np.unique(np.concatenate([order[same], order[same + 1]]))
+            _check_unique(bim.column(1, cand), line_no[cand], path, "SNP ID")
+    return bim
+
+
+def _parse_bim_fast(raw: bytes, path: Path) -> tuple[np.ndarray, ...]:
+    cap = raw.count(b"\n") + 1
+    starts, ends = np.empty((cap, 6), np.int64), np.empty((cap, 6), np.int64)
+    line_no, pos = np.empty(cap, np.int64), np.empty(cap, np.int64)
+    flags, id_hash = np.empty(cap, np.uint8), np.empty(cap, np.uint64)
+    n = _ext.parse_bim(raw, starts, ends, line_no, pos, flags, id_hash)
+    if n < 0:
+        text = raw.split(b"\n")[-n - 1]
+        raise GenotypeFormatError(
+            f"expected 6 whitespace-separated fields, found {len(text.split())}; fix or remove "
+            "this line",
+            path,
+            -n,
+        )
+    return starts[:n], ends[:n], line_no[:n], pos[:n], flags[:n], id_hash[:n]
+
+
+def _chrom_codes(bim: Bim, path: Path) -> np.ndarray:
+    """Chromosome codes per variant; tokens change rarely, so decode each run once."""
+    tok = bim.column(0)
+    change = np.flatnonzero(tok[1:] != tok[:-1]) + 1
+    run_start = np.concatenate([[0], change])
+    codes = {}
+    for t in set(tok[run_start].tolist()):
+        code = chrom_code(t.decode(errors="replace"))
         if code is None:
-            ln = int(line_no[np.flatnonzero(inverse == i)[0]])
+            ln = int(bim.line_no[np.flatnonzero(tok == t)[0]])
             raise GenotypeFormatError(
-                f"unknown chromosome code {tok.decode(errors='replace')!r} (expected 1-26, X, Y, "
-                "XY, MT, or 0)",
+                f"unknown chromosome code {t.decode(errors='replace')!r} (expected 1-26, X, Y, XY, "
+                "MT, or 0)",
                 path,
                 ln,
             )
-        codes[i] = code
-    bim.chrom = codes[inverse]
-    bim.pos = _parse_ints(bim.column(3), line_no, path, "base-pair position")
-    cm_tok = bim.column(2)
-    uniq_cm, inv_cm = np.unique(cm_tok, return_inverse=True)
-    cm_out = []
-    for i, tok in enumerate(uniq_cm.tolist()):
-        try:
-            cm_out.append(_canonical_cm(float(tok)))
-        except ValueError:
-            ln = int(line_no[np.flatnonzero(inv_cm == i)[0]])
-            raise GenotypeFormatError(
-                f"centimorgan field {tok.decode(errors='replace')!r} is not a number", path, ln
-            ) from None
-    if uniq_cm.size > 1 or cm_out != [b"0"]:
-        bim.cm_text = [cm_out[i] for i in inv_cm.tolist()]
-    ids = bim.snp_ids
-    _check_unique(ids, line_no, path, "SNP ID")
-    return bim
+        codes[t] = code
+    run_codes = np.array([codes[t] for t in tok[run_start].tolist()], dtype=np.int16)
+    return np.repeat(run_codes, np.diff(np.append(run_start, tok.size)))
 
 
 def _parse_ints(tokens: np.ndarray, line_no: np.ndarray, path: Path, what: str) -> np.ndarray:
@@ -366,45 +407,54 @@ def write_bim_subset(
     Each output line is 12 pieces (chrom, TAB, ID, TAB, cM, TAB, pos, TAB, A1, TAB, A2, LF),
     gathered from the input bytes plus a small buffer of rewritten texts, in blocks.
     """
-    rows = np.asarray(rows, dtype=np.int64)
+    rows = np.ascontiguousarray(rows, dtype=np.int64)
     swap = np.asarray(swap_alleles, dtype=bool)
+    if _ext is not None and not bim.cm_text and bim.pos_canonical:
+        out = np.empty(len(bim.raw) + 4 * rows.size + 16, dtype=np.uint8)
+        n = _ext.bim_lines(
+            bim.raw, bim.tok_start, bim.tok_end, rows, swap.astype(np.uint8), bim.chrom, out
+        )
+        Path(path).write_bytes(memoryview(out)[:n])
+        return
+    base = len(bim.raw)
+    extra = bytearray(b"\t\n0")
+    chrom_at = np.zeros(27, np.int64)
+    chrom_len = np.zeros(27, np.int64)
+    for code in range(27):
+        text = str(code).encode()
+        chrom_at[code], chrom_len[code] = base + len(extra), len(text)
+        extra += text
+    src = np.frombuffer(bim.raw + bytes(extra), dtype=np.uint8)
     with open(path, "wb") as fh:
         for a in range(0, rows.size, 200_000):
             r, sw = rows[a : a + 200_000], swap[a : a + 200_000]
             m = r.size
-            extra = bytearray(b"\t\n0")
-            base = len(bim.raw)
             starts = np.empty((m, 12), np.int64)
             lens = np.ones((m, 12), np.int64)
             starts[:, 1::2] = base  # tabs
             starts[:, 11] = base + 1  # newline
-            chrom_at = np.zeros(27, np.int64)
-            chrom_len = np.zeros(27, np.int64)
-            for code in np.unique(bim.chrom[r]).tolist():
-                text = str(code).encode()
-                chrom_at[code], chrom_len[code] = base + len(extra), len(text)
-                extra += text
-            starts[:, 0], lens[:, 0] = chrom_at[bim.chrom[r]], chrom_len[bim.chrom[r]]
+            starts[:, 4] = base + 2  # cM "0"
+            c = bim.chrom[r]
+            starts[:, 0], lens[:, 0] = chrom_at[c], chrom_len[c]
             ts, te = bim.tok_start[r], bim.tok_end[r]
-            starts[:, 2], lens[:, 2] = ts[:, 1], te[:, 1] - ts[:, 1]
-            starts[:, 6], lens[:, 6] = ts[:, 3], te[:, 3] - ts[:, 3]
-            first, second = np.where(sw, 5, 4), np.where(sw, 4, 5)
+            for piece, k in ((2, 1), (6, 3)):
+                starts[:, piece], lens[:, piece] = ts[:, k], te[:, k] - ts[:, k]
             i = np.arange(m)
-            starts[:, 8], lens[:, 8] = ts[i, first], te[i, first] - ts[i, first]
-            starts[:, 10], lens[:, 10] = ts[i, second], te[i, second] - ts[i, second]
-            starts[:, 4] = base + 2  # "0"
+            for piece, k in ((8, np.where(sw, 5, 4)), (10, np.where(sw, 4, 5))):
+                starts[:, piece], lens[:, piece] = ts[i, k], te[i, k] - ts[i, k]
+            block_src = src
             pos_text = _pos_pieces(bim, r)
-            for j, row in enumerate(r.tolist()) if (bim.cm_text or pos_text) else ():
-                if bim.cm_text:
-                    t = bim.cm_text[row]
-                    starts[j, 4], lens[j, 4] = base + len(extra), len(t)
-                    extra += t
-                if pos_text:
-                    t = pos_text[j]
-                    starts[j, 6], lens[j, 6] = base + len(extra), len(t)
-                    extra += t
-            src = np.frombuffer(bim.raw + bytes(extra), dtype=np.uint8)
-            fh.write(_gather_pieces(src, starts.ravel(), lens.ravel()).tobytes())
+            if bim.cm_text or pos_text:
+                # rewritten cM / position texts go after the shared buffer
+                add = bytearray()
+                for j, row in enumerate(r.tolist()):
+                    for piece, text in ((4, bim.cm_text[row] if bim.cm_text else None),
+                                        (6, pos_text[j] if pos_text else None)):  # fmt: skip
+                        if text is not None:
+                            starts[j, piece], lens[j, piece] = src.size + len(add), len(text)
+                            add += text
+                block_src = np.concatenate([src, np.frombuffer(bytes(add), np.uint8)])
+            fh.write(_gather_pieces(block_src, starts.ravel(), lens.ravel()).tobytes())
 
 
 def _pos_pieces(bim: Bim, rows: np.ndarray) -> list[bytes] | None:

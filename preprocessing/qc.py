@@ -49,10 +49,11 @@ from preprocessing.plink import (
 
 EPS = PLINK_SMALL_EPSILON
 
-# Sample groups of GroupCounts (axis 1). Male groups are filled on chrX and chrY only.
+# GroupCounts arrays are (6 groups, 4 genotypes, n_snps) int: one contiguous row per count.
+# Sample groups (axis 0). Male groups are filled on chrX and chrY only.
 ALL, FOUNDERS, FOUNDER_CONTROLS, MALES, MALE_FOUNDERS, MALE_FOUNDER_CONTROLS = range(6)
 N_GROUPS = 6
-# Genotype columns (axis 2), in .bim A1 terms.
+# Genotypes (axis 1), in .bim A1 terms.
 HOM_A1, HET, HOM_A2, MISSING = range(4)
 
 KEPT, FAILED_GENO, FAILED_HWE, FAILED_MAF = 0, 1, 2, 3
@@ -84,33 +85,38 @@ def mind_failures(
 def call_rate(counts: np.ndarray, chrom: np.ndarray) -> np.ndarray:
     """Call rate per variant over the remaining samples (chrY: males), as PLINK computes it.
 
-    counts: (n_snps, 6, 4) GroupCounts array; chrom: (n_snps,) codes. Returns (n_snps,).
+    counts: (6, 4, n_snps) GroupCounts; chrom: (n_snps,) codes. Returns (n_snps,) float64.
     """
-    is_y = chrom == CHROM_Y
-    c = np.where(is_y[:, None], counts[:, MALES], counts[:, ALL]).astype(np.float64)
-    num = c[:, HOM_A1] + c[:, HET] + c[:, HOM_A2]
-    den = num + c[:, MISSING]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        # PLINK multiplies by the reciprocal; keep its rounding.
-        return np.where(den > 0, num * (1.0 / np.where(den > 0, den, 1.0)), 0.0)
+    group = counts[ALL]
+    if (chrom == CHROM_Y).any():
+        group = np.where(chrom == CHROM_Y, counts[MALES], counts[ALL])
+    called = (group[HOM_A1] + group[HET] + group[HOM_A2]).astype(np.float64)
+    size = called + group[MISSING]
+    # PLINK multiplies by the reciprocal of the sample count; keep its rounding.
+    with np.errstate(divide="ignore"):
+        recip = 1.0 / size
+    return np.where(size > 0, called * recip, 0.0)
 
 
 def a2_frequency(counts: np.ndarray, chrom: np.ndarray) -> np.ndarray:
     """Founder frequency of the .bim A2 allele (column 6) per variant; 0.5 with no calls.
 
     Diploid chromosomes count 2 alleles per founder; chrX males and chrY count one
-    (heterozygous haploid calls left out). Returns (n_snps,) float64.
+    (heterozygous haploid calls left out). counts: (6, 4, n_snps). Returns (n_snps,) float64.
     """
-    f = counts[:, FOUNDERS].astype(np.int64)
-    fm = counts[:, MALE_FOUNDERS].astype(np.int64)
-    is_x, is_y = chrom == CHROM_X, chrom == CHROM_Y
-    dip = np.where(is_x[:, None], f - fm, f)
-    dip = np.where(is_y[:, None], 0, dip)
-    hap = np.where((is_x | is_y)[:, None], fm, 0)
-    den = 2 * dip[:, :3].sum(axis=1) + hap[:, HOM_A1] + hap[:, HOM_A2]
-    num = 2 * dip[:, HOM_A2] + dip[:, HET] + hap[:, HOM_A2]
+    dip = counts[FOUNDERS, :3].astype(np.float64)
+    hap = np.zeros((2, dip.shape[1]))
+    haploid = (chrom == CHROM_X) | (chrom == CHROM_Y)
+    if haploid.any():
+        males = counts[MALE_FOUNDERS, :3].astype(np.float64)
+        dip[:, haploid] -= males[:, haploid]
+        dip[:, chrom == CHROM_Y] = 0.0
+        hap[0, haploid] = males[HOM_A1, haploid]
+        hap[1, haploid] = males[HOM_A2, haploid]
+    den = 2.0 * (dip[HOM_A1] + dip[HET] + dip[HOM_A2]) + hap[0] + hap[1]
+    num = 2.0 * dip[HOM_A2] + dip[HET] + hap[1]
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(den > 0, num / np.where(den > 0, den, 1), 0.5)
+        return np.where(den > 0, num / den, 0.5)
 
 
 def minor_allele_frequency(a2_freq: np.ndarray) -> np.ndarray:
@@ -118,17 +124,23 @@ def minor_allele_frequency(a2_freq: np.ndarray) -> np.ndarray:
     return np.minimum(a2_freq, 1.0 - a2_freq)
 
 
-def hwe_counts(counts: np.ndarray, chrom: np.ndarray, controls_only: bool) -> np.ndarray:
-    """Genotype counts the HWE test uses: (n_snps, 3) [het, hom A1, hom A2].
+def hwe_counts(
+    counts: np.ndarray, chrom: np.ndarray, controls_only: bool, rows: np.ndarray | None = None
+) -> np.ndarray:
+    """Genotype counts the HWE test uses: (3, n_rows) int64 [het, hom A1, hom A2] of the
+    variants ``rows`` (default all).
 
     Founders (controls among them when ``controls_only``); chrX non-male founders only.
     """
-    g, gm = (FOUNDERS, MALE_FOUNDERS)
-    if controls_only:
-        g, gm = FOUNDER_CONTROLS, MALE_FOUNDER_CONTROLS
-    c = counts[:, g, :3].astype(np.int64)
-    c = np.where((chrom == CHROM_X)[:, None], c - counts[:, gm, :3], c)
-    return c[:, [HET, HOM_A1, HOM_A2]]
+    g, gm = (
+        (FOUNDER_CONTROLS, MALE_FOUNDER_CONTROLS) if controls_only else (FOUNDERS, MALE_FOUNDERS)
+    )
+    rows = np.arange(chrom.size) if rows is None else rows
+    c = np.stack([counts[g, k].take(rows) for k in (HET, HOM_A1, HOM_A2)]).astype(np.int64)
+    x_rows = np.flatnonzero(chrom.take(rows) == CHROM_X)
+    if x_rows.size:
+        c[:, x_rows] -= np.stack([counts[gm, k].take(rows[x_rows]) for k in (HET, HOM_A1, HOM_A2)])
+    return c
 
 
 def hwe_tested(chrom: np.ndarray) -> np.ndarray:
@@ -141,7 +153,7 @@ def variant_filters(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Apply ``--geno``, ``--hwe`` and ``--maf`` in PLINK's order.
 
-    counts: (n_snps, 6, 4) over the samples left after ``--mind``. Returns (status, a2_freq):
+    counts: (6, 4, n_snps) over the samples left after ``--mind``. Returns (status, a2_freq):
     status (n_snps,) int8 with KEPT / FAILED_GENO / FAILED_HWE / FAILED_MAF (first filter
     failed), a2_freq (n_snps,) founder A2 frequency.
     """
@@ -150,8 +162,8 @@ def variant_filters(
         status[call_rate(counts, chrom) < (1.0 - config.geno) * (1 - EPS)] = FAILED_GENO
     if config.hwe > 0.0:
         cand = np.flatnonzero((status == KEPT) & hwe_tested(chrom))
-        h = hwe_counts(counts[cand], chrom[cand], controls_only)
-        fails = hwe_fails(h[:, 0], h[:, 1], h[:, 2], config.hwe, config.hwe_midp)
+        h = hwe_counts(counts, chrom, controls_only, cand)
+        fails = hwe_fails(h[0], h[1], h[2], config.hwe, config.hwe_midp)
         status[cand[fails]] = FAILED_HWE
     a2 = a2_frequency(counts, chrom)
     if config.maf > 0.0:
@@ -215,20 +227,33 @@ def sample_groups(
     return SampleGroups(remaining, fam.founder, fam.control, fam.male, controls_only)
 
 
+def ploidy_segments(fileset: PlinkFileset) -> list[tuple[int, int, int]]:
+    """Row ranges (kind, start, stop) with kind CHROM_X, CHROM_Y or 0 (diploid), merging
+    neighbouring chromosomes of the same kind so each kernel call covers many rows."""
+    segments: list[tuple[int, int, int]] = []
+    for code, a, b in chromosome_runs(fileset.bim.chrom, fileset.prefix):
+        kind = code if code in (CHROM_X, CHROM_Y) else 0
+        if segments and segments[-1][0] == kind and segments[-1][2] == a:
+            segments[-1] = (kind, segments[-1][1], b)
+        else:
+            segments.append((kind, a, b))
+    return segments
+
+
 def group_counts(fileset: PlinkFileset, groups: SampleGroups) -> np.ndarray:
-    """GroupCounts for every variant: (n_snps, 6, 4) int32 [hom A1, het, hom A2, missing].
+    """GroupCounts for every variant: (6, 4, n_snps) int32 [hom A1, het, hom A2, missing].
 
     Male groups are computed on chrX/chrY only (zero elsewhere); identical masks are counted
     once.
     """
     n = fileset.n_snps
-    out = np.zeros((n, N_GROUPS, 4), dtype=np.int32)
+    out = np.zeros((N_GROUPS, 4, n), dtype=np.int32)
     masks = groups.masks()
-    for code, a, b in chromosome_runs(fileset.bim.chrom, fileset.prefix):
+    for kind, a, b in ploidy_segments(fileset):
         wanted = [ALL, FOUNDERS, FOUNDER_CONTROLS]
-        if code == CHROM_X:
+        if kind == CHROM_X:
             wanted = list(range(N_GROUPS))
-        elif code == CHROM_Y:
+        elif kind == CHROM_Y:
             wanted = [ALL, FOUNDERS, MALES, MALE_FOUNDERS]
         distinct: list[int] = []
         slot = {}
@@ -241,7 +266,7 @@ def group_counts(fileset: PlinkFileset, groups: SampleGroups) -> np.ndarray:
                 slot[g] = slot[same]
         c = count_genotypes(fileset.bed, fileset.n_samples, [masks[d] for d in distinct], a, b)
         for g in wanted:
-            out[a:b, g] = c[:, slot[g]]
+            out[g, :, a:b] = c[slot[g]]
     return out
 
 
@@ -251,9 +276,9 @@ def sample_missing(fileset: PlinkFileset) -> tuple[np.ndarray, int]:
     everyone = np.ones(fileset.n_samples, dtype=bool)
     total = np.zeros(fileset.n_samples, dtype=np.int64)
     n_y = 0
-    for code, a, b in chromosome_runs(fileset.bim.chrom, fileset.prefix):
-        mask = male if code == CHROM_Y else everyone
-        n_y += (b - a) if code == CHROM_Y else 0
+    for kind, a, b in ploidy_segments(fileset):
+        mask = male if kind == CHROM_Y else everyone
+        n_y += (b - a) if kind == CHROM_Y else 0
         total += sample_missing_counts(fileset.bed, fileset.n_samples, mask, a, b)
     return total, n_y
 
@@ -357,8 +382,8 @@ def run_qc(
     hwe_p = {}
     if config.hwe > 0.0:
         gone = np.flatnonzero(status == FAILED_HWE)
-        h = hwe_counts(counts[gone], bim.chrom[gone], groups.controls_only)
-        p = hwe_exact_p_array(h[:, 0], h[:, 1], h[:, 2], config.hwe_midp)
+        h = hwe_counts(counts, bim.chrom, groups.controls_only, gone)
+        p = hwe_exact_p_array(h[0], h[1], h[2], config.hwe_midp)
         hwe_p = dict(zip(bim.strings(1, gone), p.tolist(), strict=True))
     result = QCResult(
         prefix=str(fs.prefix),
@@ -420,7 +445,7 @@ def _with_suffix(prefix: Path, suffix: str) -> Path:
 def _write_report(result: QCResult, out: str | Path) -> None:
     out = Path(out)
     rep = result.report()
-    _with_suffix(out, ".qc.json").write_text(json.dumps(rep, indent=1) + "\n")
+    _with_suffix(out, ".qc.json").write_text(json.dumps(rep) + "\n")
     _with_suffix(out, ".log").write_text(format_log(rep, out))
 
 

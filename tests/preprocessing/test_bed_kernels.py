@@ -27,7 +27,7 @@ def no_extension(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(mod, "_ext", None)
 
 
-@pytest.mark.parametrize("n_samples", [1, 31, 32, 33, 70])
+@pytest.mark.parametrize("n_samples", [1, 31, 32, 33, 70, 203])
 def test_kernels_equal_numpy(monkeypatch: pytest.MonkeyPatch, n_samples: int) -> None:
     rng = np.random.default_rng(n_samples)
     g = rng.integers(-1, 3, (23, n_samples)).astype(np.int8)
@@ -37,11 +37,13 @@ def test_kernels_equal_numpy(monkeypatch: pytest.MonkeyPatch, n_samples: int) ->
     rows = rng.permutation(23)[:15]
     rev = rng.random(15) < 0.5
     keep = np.flatnonzero(rng.random(n_samples) < 0.7)
+    runs = np.delete(np.arange(n_samples), [n_samples // 3, n_samples - 1])  # long kept runs
     fast = (
         count_genotypes(bed, n_samples, masks, 2, 20),
         sample_missing_counts(bed, n_samples, masks[0]),
         extract_rows(bed, n_samples, rows, rev),
         extract_rows(bed, n_samples, rows, rev, keep),
+        extract_rows(bed, n_samples, rows, rev, runs),
     )
     no_extension(monkeypatch)
     slow = (
@@ -49,13 +51,14 @@ def test_kernels_equal_numpy(monkeypatch: pytest.MonkeyPatch, n_samples: int) ->
         sample_missing_counts(bed, n_samples, masks[0]),
         extract_rows(bed, n_samples, rows, rev),
         extract_rows(bed, n_samples, rows, rev, keep),
+        extract_rows(bed, n_samples, rows, rev, runs),
     )
     for a, b in zip(fast, slow, strict=True):
         np.testing.assert_array_equal(a, b)
     # the counts are what the genotypes say
     sub = g[2:20][:, masks[0]]
-    expected = np.stack([(sub == k).sum(1) for k in (2, 1, 0, -1)], axis=1)
-    np.testing.assert_array_equal(fast[0][:, 0], expected)
+    expected = np.stack([(sub == k).sum(1) for k in (2, 1, 0, -1)])
+    np.testing.assert_array_equal(fast[0][0], expected)
     swapped = np.where(g[rows] >= 0, 2 - g[rows], -1)
     np.testing.assert_array_equal(
         fast[3], pack_bed_rows(np.where(rev[:, None], swapped, g[rows])[:, keep])
