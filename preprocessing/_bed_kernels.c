@@ -631,7 +631,7 @@ static PyObject *parse_bim(PyObject *self, PyObject *args) {
             }
             ps[n] = valid ? v : -1;
             fl[n] = (uint8_t)(((e6[2] - s6[2] == 1) && b[s6[2]] == '0') |
-                              (((e6[3] - s6[3] == 1) || b[s6[3]] != '0') << 1));
+                              ((valid && ((e6[3] - s6[3] == 1) || b[s6[3]] != '0')) << 1));
             uint64_t h = 1469598103934665603ULL;
             for (int64_t q = s6[1]; q < e6[1]; q++) h = (h ^ b[q]) * 1099511628211ULL;
             hs[n] = h;

@@ -142,3 +142,27 @@ def test_qc_on_unreadable_input_names_the_file(tmp_path: Path) -> None:
     shutil.copy(prefix.with_suffix(".fam"), tmp_path / "y.fam")
     with pytest.raises(GenotypeFormatError, match="y.bim"):
         run_qc(tmp_path / "y", qc_config())
+
+
+@needs_plink
+def test_noncanonical_bim_is_rewritten_like_plink(tmp_path: Path) -> None:
+    """Spaces, 'chr' prefixes, letters for X/MT, cM values, leading zeros, unsorted positions."""
+    prefix = small(tmp_path, n_samples=9, n_snps=6)
+    prefix.with_suffix(".bim").write_text(
+        "chr1 rs0 0.0 0150 A G\n"
+        "1\trs1\t1.23456789\t100\tA\tG\n"
+        "chr1  rs2 2.5e-5 120 A G\n"
+        "X\trs3\t0\t5\tA\tG\n"
+        "X\trs4\t-0.0\t+7\tA\tG\n"
+        "MT\trs5\t12345678.9\t1\tA\tG\r\n"
+    )
+    run_plink("--bfile", str(prefix), "--make-bed", "--out", str(tmp_path / "ref"))
+    run_qc(prefix, qc_config(), tmp_path / "ours")
+    assert read_outputs(tmp_path / "ours") == read_outputs(tmp_path / "ref")
+    # the same with every cM "0" (the fast writer): positions still rewritten
+    bim = prefix.with_suffix(".bim")
+    bim.write_text("\n".join(" ".join(x if i != 2 else "0" for i, x in enumerate(line.split()))
+                             for line in bim.read_text().splitlines()) + "\n")  # fmt: skip
+    run_plink("--bfile", str(prefix), "--make-bed", "--out", str(tmp_path / "ref"))
+    run_qc(prefix, qc_config(), tmp_path / "ours")
+    assert read_outputs(tmp_path / "ours") == read_outputs(tmp_path / "ref")
