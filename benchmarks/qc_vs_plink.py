@@ -4,8 +4,10 @@
 
     .venv/bin/python benchmarks/qc_vs_plink.py [--n-samples 900] [--n-snps 620000]
 
-Runs are interleaved (plink, our API, our CLI) after one warm-up each so that all read the
-.bed from the page cache. Reports median wall time, the ratio to plink1.9, and peak memory
+Runs are interleaved (plink, our API, our CLI, our API on one thread) after one warm-up
+each so that all read the .bed from the page cache. The API time is ``run_qc`` called in
+this process (read, QC, all outputs written); the CLI time adds Python start-up and imports.
+Reports median wall time, the ratio to plink1.9, and peak memory
 (max RSS of the CLI process, and the growth of this process's RSS during the API call).
 Prints a table and writes benchmarks/results/qc_vs_plink.json.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import shutil
@@ -123,7 +126,12 @@ def main() -> None:
     cli_cmd += ["--out", str(work / "cli")]
     timed_subprocess(plink_cmd)  # warm-up: page cache, first runs
     run_qc(data, cfg, work / "api")
-    times: dict[str, list[float]] = {"plink1.9": [], "g2i-qc API": [], "g2i-qc CLI": []}
+    times: dict[str, list[float]] = {
+        "plink1.9": [],
+        "g2i-qc API": [],
+        "g2i-qc API 1 thread": [],
+        "g2i-qc CLI": [],
+    }
     rss = {"plink1.9": 0, "g2i-qc CLI": 0, "g2i-qc API (RSS growth)": 0}
     for _ in range(args.repeats):
         wall, _ = timed_subprocess(plink_cmd)
@@ -135,13 +143,18 @@ def main() -> None:
         rss["g2i-qc API (RSS growth)"] = max(rss["g2i-qc API (RSS growth)"], rss_kib() - before)
         wall, _ = timed_subprocess(cli_cmd)
         times["g2i-qc CLI"].append(wall)
+        os.environ["G2I_THREADS"] = "1"
+        t = time.perf_counter()
+        run_qc(data, cfg, work / "api1")
+        times["g2i-qc API 1 thread"].append(time.perf_counter() - t)
+        del os.environ["G2I_THREADS"]
     # ru_maxrss of children is the max over all of them: measure each tool alone
     rss["plink1.9"] = _peak_rss(plink_cmd)
     rss["g2i-qc CLI"] = _peak_rss(cli_cmd)
     identical = all(
         (work / f"plink{ext}").read_bytes() == (work / f"{who}{ext}").read_bytes()
         for ext in (".bed", ".bim", ".fam")
-        for who in ("api", "cli")
+        for who in ("api", "api1", "cli")
     )
     med = {k: statistics.median(v) for k, v in times.items()}
     rep = result.report()
@@ -152,6 +165,7 @@ def main() -> None:
         "all_seconds": times,
         "ratio_api_vs_plink": med["g2i-qc API"] / med["plink1.9"],
         "ratio_cli_vs_plink": med["g2i-qc CLI"] / med["plink1.9"],
+        "ratio_api_1_thread_vs_plink": med["g2i-qc API 1 thread"] / med["plink1.9"],
         "peak_rss_mib": {k: round(v / 1024, 1) for k, v in rss.items()},
         "outputs_byte_identical": identical,
         "removed": {"mind": rep["samples"]["removed_mind"], **rep["variants"]["removed"]},
@@ -166,6 +180,8 @@ def main() -> None:
         f"| g2i-qc API (run_qc) | {med['g2i-qc API']:.3f} | {table['ratio_api_vs_plink']:.2f} "
         f"| +{rss['g2i-qc API (RSS growth)'] / 1024:.0f} (growth) |"
     )
+    one = med["g2i-qc API 1 thread"]
+    print(f"| g2i-qc API, 1 thread | {one:.3f} | {table['ratio_api_1_thread_vs_plink']:.2f} | |")
     print(
         f"| g2i-qc CLI | {med['g2i-qc CLI']:.3f} | {table['ratio_cli_vs_plink']:.2f} "
         f"| {rss['g2i-qc CLI'] / 1024:.0f} |"
@@ -189,8 +205,6 @@ def _peak_rss(cmd: list[str]) -> int:
 
 
 def _cpus() -> int:
-    import os
-
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
