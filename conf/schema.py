@@ -202,8 +202,11 @@ class FederationConfig:
     rounds_ldm: int = 2
     min_sites: int = 2
     fraction_train: float = 1.0
+    fraction_evaluate: float = 1.0
     proximal_mu: float = 0.0
     server_lr: float = 1e-2
+    # Synthetic slices generated per diagnosis after training and shared with the sites.
+    synthetic_per_class: int = 8
 
 
 @dataclass

@@ -130,6 +130,7 @@ def train_autoencoder(
     cfg: TrainConfig,
     device: torch.device,
     *,
+    optimizer: torch.optim.Optimizer | None = None,
     discriminator: PatchDiscriminator | None = None,
     reference: Mapping[str, torch.Tensor] | None = None,
     proximal_mu: float = 0.0,
@@ -141,14 +142,17 @@ def train_autoencoder(
 
     Loss: L1 + cfg.kl_weight * KL (+ cfg.adv_weight * patch-adversarial term once
     ``cfg.adv_start_step`` steps are done, which needs ``discriminator``), plus the FedProx
-    term when ``reference`` and ``proximal_mu`` > 0 are given.
+    term when ``reference`` and ``proximal_mu`` > 0 are given. ``ae`` may be an Opacus
+    wrapper; then pass its DP ``optimizer`` (DP-SGD of a federated site).
     """
     if cfg.adv_weight > 0 and discriminator is None:
         raise ValueError("train.adv_weight > 0 needs a PatchDiscriminator (discriminator=...)")
     if seed is not None:
         seed_everything(seed)
     ae.to(device).train()
-    opt = torch.optim.AdamW(ae.parameters(), lr=cfg.lr_ae, weight_decay=cfg.weight_decay)
+    opt = optimizer or torch.optim.AdamW(
+        ae.parameters(), lr=cfg.lr_ae, weight_decay=cfg.weight_decay
+    )
     opt_d = None
     if discriminator is not None and cfg.adv_weight > 0:
         discriminator.to(device).train()

@@ -114,6 +114,7 @@ def prepare_site(
     genotypes: GenotypeSource,
     seed: int = 0,
     progress: bool = True,
+    inputs_key: str = "",
 ) -> dict[str, Any]:
     """Build (or reuse) the cached dataset of one site; returns the manifest.
 
@@ -124,6 +125,8 @@ def prepare_site(
         genotypes: called with ``site_dir``, returns the QC'd panel table (subject x SNP)
             and its report (``preprocessing.site.site_genotype_panel``).
         seed: seed of the train / val / test split.
+        inputs_key: anything else the result depends on (the federation's SNP keep-list),
+            part of the input fingerprint.
     """
     site = Path(site_dir)
     out = Path(output_dir)
@@ -133,7 +136,7 @@ def prepare_site(
     mri_dir = site / "mri"
     inputs = [clinical_path, *site.glob("genotypes.*"), *mri_dir.glob("*.nii*")]
     c_hash = config_hash(cfg, seed)
-    i_hash = _fingerprint(inputs, {"site": str(site.resolve())})
+    i_hash = _fingerprint(inputs, {"site": str(site.resolve()), "key": inputs_key})
     manifest_path = out / "manifest.json"
     if manifest_path.exists():
         old = json.loads(manifest_path.read_text())

@@ -181,3 +181,20 @@ def extract_slices(
     check_mni_space(img, path)
     x = normalize_intensity(np.asarray(img.dataobj, dtype=np.float32), normalization, percentiles)
     return axial_slices(img, x, spec)
+
+
+def slice_affine(image_size: int, z_mm: float) -> np.ndarray:
+    """RAS affine of a canvas slice stored as a (W, H, 1) NIfTI volume.
+
+    Array axis 0 runs along MNI x (canvas columns), axis 1 along MNI y from posterior to
+    anterior (canvas rows reversed), axis 2 is the single slice at ``z_mm``.
+    """
+    step = (CANVAS_X_MM[1] - CANVAS_X_MM[0]) / (image_size - 1)
+    affine = np.diag([step, step, step, 1.0])
+    affine[:3, 3] = (CANVAS_X_MM[0], CANVAS_Y_MM[1], z_mm)
+    return affine
+
+
+def canvas_to_volume(image: np.ndarray) -> np.ndarray:
+    """(H, W) canvas slice -> (W, H, 1) array matching ``slice_affine``."""
+    return np.ascontiguousarray(image[::-1, :].T[..., None])

@@ -1,20 +1,47 @@
-"""ServerApp: asks every site for its aggregate counts and writes the federation census.
+"""ServerApp: census, federated QC, autoencoder rounds, LDM rounds, generation, report.
 
-The training phases (federated QC, autoencoder, LDM) build on this wiring.
+Phase 0: sites send per-SNP genotype counts; the server derives the keep-list plink1.9 would
+give on the pooled cohort and sends it back; sites build their datasets. Phase 1: autoencoder
+rounds. Between phases the sites return latent moments and the server sets the scale factor.
+Phase 2: SNP encoder + UNet rounds with the autoencoder frozen at the sites (only the trained
+parts travel). Then the server generates the synthetic set from the federated per-diagnosis
+genotype frequencies and shares it. Every round is checkpointed; rerunning a run folder
+resumes it.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
-from flwr.app import Context, Message, RecordDict
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from conf import load_config
+from conf import load_config, to_object
+from g2i_models.autoencoder import (
+    build_autoencoder,
+    latent_size,
+    scale_factor_from_moments,
+    set_scale_factor,
+)
+from g2i_models.device import seed_everything
+from g2i_models.diffusion import build_noise_scheduler
+from g2i_models.pipeline import G2IPipeline, generate
+from g2i_models.synthetic import genotype_frequencies, sample_profiles, write_synthetic_set
+from g2i_models.unet import build_denoiser
+from preprocessing.federated_qc import SiteCounts, federated_variant_qc
+from server.report import plot_rounds, privacy_ledger, write_ledger
+from server.run_state import RunState
+from server.strategy import GuardedStrategy, TooFewSitesError, build_strategy
 
 app = ServerApp()
+log = logging.getLogger("g2i_fed.server")
 
 
 def wait_for_nodes(grid: Grid, min_nodes: int, timeout_s: float = 120.0) -> list[int]:
@@ -29,25 +56,300 @@ def wait_for_nodes(grid: Grid, min_nodes: int, timeout_s: float = 120.0) -> list
         time.sleep(1.0)
 
 
-@app.main()
-def main(grid: Grid, context: Context) -> None:
-    cfg = load_config(str(context.run_config["experiment"]), str(context.run_config["overrides"]))
-    nodes = wait_for_nodes(grid, cfg.federation.min_sites)
+def _named(arrays: dict[str, np.ndarray]) -> ArrayRecord:
+    return ArrayRecord(array_dict={k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+
+
+def _numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
+    return {k: v.numpy() for k, v in record.items()}
+
+
+def broadcast(
+    grid: Grid,
+    nodes: list[int],
+    action: str,
+    content: RecordDict | None = None,
+    timeout: float = 3600,
+) -> tuple[dict[int, RecordDict], dict[int, str]]:
+    """Send ``query.<action>`` to every node; (replies by node, failures by node)."""
     messages = [
-        Message(RecordDict(), dst_node_id=node, message_type="query.census") for node in nodes
+        Message(content or RecordDict(), dst_node_id=n, message_type=f"query.{action}")
+        for n in nodes
     ]
-    sites, failed = {}, {}
-    for reply in grid.send_and_receive(messages, timeout=300):
+    ok, failed = {}, {}
+    for reply in grid.send_and_receive(messages, timeout=timeout):
         node = reply.metadata.src_node_id
         if reply.has_error():
-            failed[str(node)] = reply.error.reason.strip().splitlines()[-1][:500]
-            continue
-        sites[str(node)] = dict(reply.content["census"])
-    totals = {k: sum(int(s[k]) for s in sites.values()) for k in next(iter(sites.values()), {})}
-    run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    report = {"sites": sites, "failed": failed, "totals": totals}
-    (run_dir / "census.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
-    print(f"census of {len(sites)} sites ({len(failed)} failed): {totals}")
-    if len(sites) < cfg.federation.min_sites:
-        raise RuntimeError(f"only {len(sites)} sites answered; {cfg.federation.min_sites} needed")
+            failed[node] = reply.error.reason.strip().splitlines()[-1][:400]
+        else:
+            ok[node] = reply.content
+    for n in set(nodes) - set(ok) - set(failed):
+        failed[n] = "no reply before the timeout"
+    return ok, failed
+
+
+def _arrays_of(module: torch.nn.Module) -> dict[str, np.ndarray]:
+    return {k: v.detach().cpu().float().numpy() for k, v in module.state_dict().items()}
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    cfg = load_config(
+        str(context.run_config.get("experiment", "tiny")),
+        str(context.run_config.get("overrides", "")),
+    )
+    data, model_cfg, train_cfg = to_object(cfg.data), to_object(cfg.model), to_object(cfg.train)
+    fed, privacy = to_object(cfg.federation), to_object(cfg.privacy)
+    run = RunState(cfg.run_dir)
+    seed_everything(cfg.seed)
+    events: dict[str, Any] = {"failures": {}}
+
+    def fail(stage: str, failures: dict[int, str]) -> None:
+        for node, reason in failures.items():
+            name = names.get(node, str(node))
+            events["failures"].setdefault(name, []).append(f"{stage}: {reason}")
+            log.warning("site %s failed at %s: %s", name, stage, reason)
+
+    # -- census: who is there ---------------------------------------------------------------
+    nodes = wait_for_nodes(grid, fed.min_sites)
+    names: dict[int, str] = {}
+    census, failed = broadcast(grid, nodes, "census")
+    for node, content in census.items():
+        names[node] = (
+            str(content["site"]["name"]) if "site" in content.config_records else str(node)
+        )
+    fail("census", failed)
+    active = sorted(census)
+    _require(active, fed.min_sites, "census")
+    census_totals = Counter()
+    for content in census.values():
+        census_totals.update({k: int(v) for k, v in content["census"].items()})
+
+    # -- phase 0: federated QC, then local datasets -----------------------------------------
+    counts, failed = broadcast(grid, active, "qc_counts")
+    fail("qc counts", failed)
+    by_array: dict[str, list[int]] = {}
+    site_counts: dict[int, SiteCounts] = {}
+    for node, content in counts.items():
+        site_counts[node] = SiteCounts.from_arrays(_numpy(content["counts"]))
+        by_array.setdefault(site_counts[node].bim_fingerprint, []).append(node)
+    main_array = max(by_array.values(), key=len)
+    fail(
+        "qc counts",
+        {
+            n: "genotyped another array (different .bim) than the majority"
+            for nodes_ in by_array.values()
+            if nodes_ is not main_array
+            for n in nodes_
+        },
+    )
+    decision = federated_variant_qc([site_counts[n] for n in main_array], data.qc)
+    from client.task import decision_to_arrays  # the wire format shared with the sites
+
+    prepared, failed = broadcast(
+        grid,
+        sorted(main_array),
+        "prepare",
+        RecordDict({"decision": _named(decision_to_arrays(decision))}),
+    )
+    fail("prepare", failed)
+    active = sorted(n for n, c in prepared.items() if int(c["counts"]["n-train"]) > 0)
+    fail("prepare", {n: "no training subjects" for n in prepared if n not in active})
+    _require(active, fed.min_sites, "prepare")
+    panels = {n: [str(s) for s in prepared[n]["panel"]["snps"]] for n in active}
+    panel = [s for s in panels[active[0]] if all(s in p for p in panels.values())]
+    per_dx = np.zeros((3, len(panel), 4), dtype=np.int64)
+    for n in active:
+        site_dx = prepared[n]["panel-counts"]["per-dx"].numpy()
+        idx = [panels[n].index(s) for s in panel]
+        per_dx += site_dx[:, idx, :]
+    run.set(panel=panel, qc=decision.summary(), sites=[names[n] for n in active])
+    log.info(
+        "federated QC: %s; panel of %d SNPs over %d sites",
+        decision.summary(),
+        len(panel),
+        len(active),
+    )
+
+    # -- phase 1: autoencoder -------------------------------------------------------------
+    base = {
+        "panel": panel,
+        "seed": cfg.seed,
+        "total-dp-steps": _total_dp_steps(prepared, active, fed, train_cfg),
+    }
+    ae = build_autoencoder(model_cfg, data.image_size)
+    ae_arrays = _run_phase(
+        grid, run, "ae", _arrays_of(ae), fed.rounds_ae, base, fed, privacy, names, len(active)
+    )
+    ae.load_state_dict({k: torch.from_numpy(v) for k, v in ae_arrays.items()})
+
+    # -- scale factor from the sites' latent moments ----------------------------------------
+    scale = run.get("scale")
+    moments, failed = broadcast(
+        grid,
+        active,
+        "latent_stats",
+        RecordDict({"arrays": _named(ae_arrays), "config": ConfigRecord({**base, "phase": "ae"})}),
+    )
+    fail("latent stats", failed)
+    if scale is None:
+        tot = [
+            sum(float(m["moments"][k]) for m in moments.values())
+            for k in ("count", "sum", "sum-sq")
+        ]
+        scale = scale_factor_from_moments(*tot)
+        run.set(scale=scale)
+    set_scale_factor(ae, scale)
+    active = sorted(moments)
+    _require(active, fed.min_sites, "latent stats")
+
+    # -- phase 2: SNP encoder + UNet, autoencoder frozen at the sites ------------------------
+    denoiser = build_denoiser(model_cfg, len(panel), latent_size(ae))
+    ldm_arrays = _run_phase(
+        grid,
+        run,
+        "ldm",
+        _arrays_of(denoiser),
+        fed.rounds_ldm,
+        {**base, "scale": scale},
+        fed,
+        privacy,
+        names,
+        len(active),
+    )
+    denoiser.load_state_dict({k: torch.from_numpy(v) for k, v in ldm_arrays.items()})
+
+    # -- generation -------------------------------------------------------------------------
+    freqs = genotype_frequencies(per_dx)
+    allele = (freqs[..., 1] + 2 * freqs[..., 2]).mean(axis=0) / 2
+    pipeline = G2IPipeline.from_parts(
+        ae,
+        denoiser,
+        build_noise_scheduler(model_cfg),
+        sampler=model_cfg.sampler,
+        sample_steps=model_cfg.sample_steps,
+        guidance_scale=model_cfg.guidance_scale,
+        allele_freqs=[float(a) for a in allele],
+    )
+    out = Path(cfg.run_dir)
+    pipeline.save_pretrained(out / "model")
+    rng = np.random.default_rng(cfg.seed)
+    n = fed.synthetic_per_class
+    genotypes = torch.from_numpy(
+        np.concatenate([sample_profiles(freqs, k, n, rng) for k in range(3)])
+    )
+    labels = torch.arange(3).repeat_interleave(n)
+    images = generate(pipeline, genotypes, labels, seed=cfg.seed)
+    write_synthetic_set(
+        out / "synthetic",
+        images,
+        labels,
+        genotypes,
+        panel,
+        [cfg.seed] * len(labels),
+        data.slice_z_mm,
+        {"profiles": "drawn per SNP from pooled per-diagnosis genotype counts"},
+    )
+    shared, failed = broadcast(
+        grid,
+        active,
+        "synthetic",
+        RecordDict(
+            {
+                "arrays": _named(
+                    {
+                        "images": images.numpy(),
+                        "labels": labels.numpy(),
+                        "genotypes": genotypes.numpy(),
+                    }
+                ),
+                "config": ConfigRecord({"panel": panel}),
+            }
+        ),
+    )
+    fail("synthetic set", failed)
+
+    # -- report -------------------------------------------------------------------------------
+    rounds = run.round_logs()
+    n_sampled = max(fed.min_sites, int(round(fed.fraction_train * len(active))))
+    write_ledger(privacy_ledger(rounds, to_object(cfg.privacy), n_sampled, len(active)), out)
+    plot_rounds(rounds, out / "rounds.png")
+    last = {p: next((r for r in reversed(rounds) if r["phase"] == p), None) for p in ("ae", "ldm")}
+    metrics = {
+        "experiment": cfg.name,
+        "sites": [names[n] for n in active],
+        "census": dict(census_totals),
+        "federated_qc": decision.summary(),
+        "panel_size": len(panel),
+        "latent_scale_factor": scale,
+        "rounds": {"ae": run.rounds_done("ae"), "ldm": run.rounds_done("ldm")},
+        "last_round_site_metrics": {p: r["site_metrics"] if r else {} for p, r in last.items()},
+        "synthetic": {"per_class": n, "shared_with": [names[k] for k in shared]},
+        "failures": events["failures"],
+        "privacy": {"mode": privacy.mode, "delta": privacy.delta},
+    }
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    run.set(finished=True)
+    print(
+        f"G2I-Fed run finished: {out} (sites {metrics['sites']}, "
+        f"failures {list(events['failures'])})"
+    )
+
+
+def _require(nodes: list[int], minimum: int, stage: str) -> None:
+    if len(nodes) < minimum:
+        raise TooFewSitesError(f"{stage}: {len(nodes)} sites left, federation.min_sites={minimum}")
+
+
+def _total_dp_steps(
+    prepared: dict[int, RecordDict], active: list[int], fed: Any, train_cfg: Any
+) -> int:
+    """Largest number of local DP-SGD steps any site takes over both phases."""
+    n_train = max(int(prepared[n]["counts"]["n-train"]) for n in active)
+    per_epoch = max(1, n_train // max(1, min(train_cfg.batch_size, n_train)))
+    ae = fed.rounds_ae * train_cfg.ae_epochs * per_epoch
+    ldm = fed.rounds_ldm * train_cfg.ldm_epochs * per_epoch
+    if train_cfg.max_steps_ae > 0:
+        ae = min(ae, fed.rounds_ae * train_cfg.max_steps_ae)
+    if train_cfg.max_steps_ldm > 0:
+        ldm = min(ldm, fed.rounds_ldm * train_cfg.max_steps_ldm)
+    return ae + ldm
+
+
+def _run_phase(
+    grid: Grid,
+    run: RunState,
+    phase: str,
+    initial: dict[str, np.ndarray],
+    rounds: int,
+    config: dict[str, Any],
+    fed: Any,
+    privacy: Any,
+    names: dict[int, str],
+    n_sites: int,
+) -> dict[str, np.ndarray]:
+    """Rounds of one phase through the configured strategy, resuming from a checkpoint."""
+    done = run.rounds_done(phase)
+    arrays = run.load_checkpoint(phase) or initial
+    if done >= rounds:
+        return arrays
+    strategy = GuardedStrategy(build_strategy(fed, privacy, n_sites), fed.min_sites, phase, names)
+    strategy.round_offset = done
+
+    def checkpoint(server_round: int, record: ArrayRecord) -> MetricRecord | None:
+        if server_round > 0:
+            run.checkpoint(phase, done + server_round, _numpy(record))
+            if strategy.rounds:
+                run.log_round(strategy.rounds[-1])
+        return None
+
+    phase_config = ConfigRecord({**config, "phase": phase})
+    result = strategy.start(
+        grid,
+        _named(arrays),
+        num_rounds=rounds - done,
+        train_config=phase_config,
+        evaluate_config=phase_config,
+        evaluate_fn=checkpoint,
+    )
+    return _numpy(result.arrays)

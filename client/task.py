@@ -1,0 +1,380 @@
+"""What a site does for each federated phase, as plain functions over numpy/torch objects.
+
+The ClientApp turns messages into these calls; nothing here knows Flower. Everything a site
+keeps between messages lives on disk under its work folder (deployment runs every message in
+a fresh process): the prepared dataset, and per run the privacy ledger and the frozen
+autoencoder of phase 2.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from conf.schema import DataConfig, ModelConfig, PrivacyConfig, QCConfig, TrainConfig
+from g2i_models.autoencoder import (
+    build_autoencoder,
+    latent_moments,
+    latent_size,
+    set_scale_factor,
+)
+from g2i_models.device import get_device
+from g2i_models.diffusion import build_noise_scheduler
+from g2i_models.privacy import PrivacyLedger, finish_private, make_private, strip_private_prefix
+from g2i_models.train import (
+    evaluate_autoencoder,
+    evaluate_ldm,
+    snapshot,
+    train_autoencoder,
+    train_ldm,
+)
+from g2i_models.unet import build_denoiser
+from preprocessing.dataset import LABELS, MISSING_CODE, load_site_dataset, prepare_site
+from preprocessing.federated_qc import FederatedQCResult, site_counts
+from preprocessing.site import site_genotype_panel
+
+
+@dataclass(frozen=True)
+class Site:
+    """Folders of one site for one run."""
+
+    data_dir: Path  # what the hospital holds (read only)
+    work_dir: Path  # prepared dataset, QC'd genotypes
+    run_dir: Path  # per-run state: privacy ledger, frozen autoencoder
+
+    @property
+    def prepared(self) -> Path:
+        return self.work_dir / "prepared"
+
+
+def resolve_site(data_dir: Path, work_root: str, run_key: str) -> Site:
+    """``work_root`` empty: ``<data_dir>/../prepared/<site>``; else ``<work_root>/<site>``."""
+    base = (
+        Path(work_root) / data_dir.name
+        if work_root
+        else data_dir.parent / "prepared" / data_dir.name
+    )
+    run = hashlib.sha256(run_key.encode()).hexdigest()[:12]
+    return Site(data_dir, base, base / "runs" / run)
+
+
+# ---- phase 0: federated QC, then the local dataset -------------------------------------
+
+
+def qc_counts(site: Site, qc: QCConfig) -> dict[str, np.ndarray]:
+    """Per-SNP genotype counts after local --mind (``SiteCounts``, aggregate only)."""
+    return site_counts(site.data_dir / "genotypes", qc).to_arrays()
+
+
+def decision_to_arrays(d: FederatedQCResult) -> dict[str, np.ndarray]:
+    meta = [int(d.hwe_controls_only), d.n_samples, d.n_removed_mind]
+    return {
+        "status": d.status.astype(np.int8),
+        "a2_freq": d.a2_freq.astype(np.float64),
+        "reverse": d.reverse.astype(np.int8),
+        "meta": np.asarray(meta, dtype=np.int64),
+    }
+
+
+def decision_from_arrays(a: Mapping[str, np.ndarray]) -> FederatedQCResult:
+    ctrl, n, removed = (int(v) for v in a["meta"])
+    return FederatedQCResult(
+        status=np.asarray(a["status"]).astype(np.int8),
+        a2_freq=np.asarray(a["a2_freq"], dtype=np.float64),
+        reverse=np.asarray(a["reverse"]).astype(bool),
+        hwe_controls_only=bool(ctrl),
+        n_samples=n,
+        n_removed_mind=removed,
+    )
+
+
+def prepare(
+    site: Site, data: DataConfig, decision: FederatedQCResult | None, seed: int
+) -> tuple[dict[str, int], list[str], np.ndarray]:
+    """Apply the keep-list, build the panel and the slice cache.
+
+    Returns:
+        counts (subjects per split, exclusions), SNP names, and the per-diagnosis genotype
+        counts of the training split: (3, n_snps, 4) int64 over codes 0/1/2/missing.
+    """
+    source = partial(site_genotype_panel, work_dir=site.work_dir, qc=data.qc, decision=decision)
+    key = ""
+    if decision is not None:
+        h = hashlib.sha256()
+        for a in decision_to_arrays(decision).values():
+            h.update(np.ascontiguousarray(a).tobytes())
+        key = h.hexdigest()
+    manifest = prepare_site(
+        site.data_dir, site.prepared, data, source, seed=seed, progress=False, inputs_key=key
+    )
+    ds = load_site_dataset(site.prepared, "train")
+    geno = np.load(site.prepared / "genotypes.npy")
+    per_dx = np.zeros((len(LABELS), geno.shape[1], 4), dtype=np.int64)
+    for s in ds.subjects:
+        per_dx[s["label"], np.arange(geno.shape[1]), geno[s["row"]]] += 1
+    counts = {
+        f"n-{split}": sum(s["split"] == split for s in manifest["subjects"])
+        for split in ("train", "val", "test")
+    }
+    counts["n-excluded"] = len(manifest["exclusions"])
+    return counts, list(manifest["snp_names"]), per_dx
+
+
+class PanelView(Dataset):
+    """A prepared dataset restricted to the federation's SNP panel, in the server's order;
+    SNPs this site lacks are given as missing."""
+
+    def __init__(self, base: Dataset, snp_names: list[str], panel: list[str]) -> None:
+        self.base = base
+        pos = {s: i for i, s in enumerate(snp_names)}
+        self.index = torch.tensor([pos.get(s, -1) for s in panel])
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        item = dict(self.base[i])
+        g = item["genotypes"]
+        item["genotypes"] = torch.where(
+            self.index >= 0, g[self.index.clamp(min=0)], torch.tensor(MISSING_CODE)
+        )
+        return item
+
+
+def site_dataset(site: Site, split: str, panel: list[str]) -> Dataset:
+    ds = load_site_dataset(site.prepared, split)
+    return PanelView(ds, ds.snp_names, panel)
+
+
+# ---- models on the wire -----------------------------------------------------------------
+
+
+def to_wire(state: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """float32 numpy arrays (the wire cannot carry bfloat16)."""
+    return {
+        k: v.detach().cpu().float().numpy() for k, v in strip_private_prefix(dict(state)).items()
+    }
+
+
+def load_wire(model: torch.nn.Module, arrays: Mapping[str, np.ndarray]) -> None:
+    model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in arrays.items()})
+
+
+def all_finite(arrays: Mapping[str, np.ndarray]) -> bool:
+    return all(np.isfinite(np.asarray(a)).all() for a in arrays.values())
+
+
+# ---- phases 1 and 2: local training -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RoundSpec:
+    """What the server asks of one local run."""
+
+    phase: str  # "ae" or "ldm"
+    panel: list[str]
+    proximal_mu: float
+    seed: int
+    total_dp_steps: int  # over the whole federation, for a target epsilon
+
+
+def _loader(ds: Dataset, batch_size: int, seed: int) -> DataLoader:
+    gen = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        ds, batch_size=min(batch_size, len(ds)), shuffle=True, drop_last=True, generator=gen
+    )
+
+
+def _private_or_plain(
+    site: Site,
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    loader: DataLoader,
+    privacy: PrivacyConfig,
+    planned_steps: int,
+    total_steps: int,
+) -> tuple[Any, PrivacyLedger | None]:
+    if privacy.mode != "dp_sgd":
+        return None, None
+    ledger = PrivacyLedger.load(site.run_dir / "privacy_ledger.json")
+    return make_private(model, opt, loader, privacy, ledger, planned_steps, total_steps), ledger
+
+
+def _privacy_metrics(
+    site: Site, run: Any, ledger: PrivacyLedger | None, privacy: PrivacyConfig
+) -> dict[str, float]:
+    if run is None or ledger is None:
+        return {}
+    finish_private(run, ledger)
+    ledger.save(site.run_dir / "privacy_ledger.json")
+    return {
+        "epsilon": ledger.epsilon(privacy.delta),
+        "delta": privacy.delta,
+        "noise-multiplier": run.noise_multiplier,
+        "dp-steps": float(ledger.steps),
+    }
+
+
+def train_autoencoder_round(
+    site: Site,
+    arrays: Mapping[str, np.ndarray],
+    spec: RoundSpec,
+    data: DataConfig,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    privacy: PrivacyConfig,
+) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    device = get_device(train_cfg.device)
+    ae = build_autoencoder(model_cfg, data.image_size)
+    load_wire(ae, arrays)
+    reference = snapshot(ae) if spec.proximal_mu > 0 else None
+    loader = _loader(site_dataset(site, "train", spec.panel), train_cfg.batch_size, spec.seed)
+    opt = torch.optim.AdamW(
+        ae.parameters(), lr=train_cfg.lr_ae, weight_decay=train_cfg.weight_decay
+    )
+    steps = _planned_steps(loader, train_cfg.ae_epochs, train_cfg.max_steps_ae)
+    run, ledger = _private_or_plain(site, ae, opt, loader, privacy, steps, spec.total_dp_steps)
+    model = run.module if run else ae
+    metrics = train_autoencoder(
+        model,
+        run.loader if run else loader,
+        train_cfg,
+        device,
+        optimizer=run.optimizer if run else opt,
+        reference=reference,
+        proximal_mu=spec.proximal_mu,
+        seed=spec.seed,
+    )
+    metrics.update(_privacy_metrics(site, run, ledger, privacy))
+    return to_wire(model.state_dict()), metrics
+
+
+def _planned_steps(loader: DataLoader, epochs: int, max_steps: int) -> int:
+    steps = epochs * len(loader)
+    return min(steps, max_steps) if max_steps > 0 else steps
+
+
+def latent_stats(
+    site: Site,
+    ae_arrays: Mapping[str, np.ndarray],
+    spec: RoundSpec,
+    data: DataConfig,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+) -> dict[str, float]:
+    """Keep the global autoencoder for phase 2 and return (count, sum, sum of squares) of the
+    site's training latents: the server derives the scale factor 1/std(z) from the totals."""
+    device = get_device(train_cfg.device)
+    ae = build_autoencoder(model_cfg, data.image_size)
+    load_wire(ae, ae_arrays)
+    site.run_dir.mkdir(parents=True, exist_ok=True)
+    np.savez(site.run_dir / "autoencoder.npz", **{k: np.asarray(v) for k, v in ae_arrays.items()})
+    loader = _loader(site_dataset(site, "train", spec.panel), train_cfg.batch_size, spec.seed)
+    count, total, total_sq = latent_moments(ae, loader, device, train_cfg.scale_batches, spec.seed)
+    return {
+        "count": float(count),
+        "sum": float(total),
+        "sum-sq": float(total_sq),
+        "num-examples": float(len(loader.dataset)),
+    }
+
+
+def frozen_autoencoder(
+    site: Site, data: DataConfig, model_cfg: ModelConfig, scale: float
+) -> torch.nn.Module:
+    path = site.run_dir / "autoencoder.npz"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no global autoencoder yet; phase 1 has not finished")
+    ae = build_autoencoder(model_cfg, data.image_size)
+    with np.load(path) as z:
+        load_wire(ae, {k: z[k] for k in z.files})
+    set_scale_factor(ae, scale)
+    return ae
+
+
+def train_ldm_round(
+    site: Site,
+    arrays: Mapping[str, np.ndarray],
+    spec: RoundSpec,
+    scale: float,
+    data: DataConfig,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    privacy: PrivacyConfig,
+) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    device = get_device(train_cfg.device)
+    ae = frozen_autoencoder(site, data, model_cfg, scale)
+    denoiser = build_denoiser(model_cfg, len(spec.panel), latent_size(ae))
+    load_wire(denoiser, arrays)
+    reference = snapshot(denoiser) if spec.proximal_mu > 0 else None
+    loader = _loader(site_dataset(site, "train", spec.panel), train_cfg.batch_size, spec.seed)
+    opt = torch.optim.AdamW(
+        denoiser.parameters(), lr=train_cfg.lr_ldm, weight_decay=train_cfg.weight_decay
+    )
+    steps = _planned_steps(loader, train_cfg.ldm_epochs, train_cfg.max_steps_ldm)
+    run, ledger = _private_or_plain(
+        site, denoiser, opt, loader, privacy, steps, spec.total_dp_steps
+    )
+    model = run.module if run else denoiser
+    metrics = train_ldm(
+        model,
+        ae,
+        build_noise_scheduler(model_cfg),
+        run.loader if run else loader,
+        train_cfg,
+        device,
+        cond_dropout=model_cfg.cond_dropout,
+        optimizer=run.optimizer if run else opt,
+        reference=reference,
+        proximal_mu=spec.proximal_mu,
+        seed=spec.seed,
+    )
+    metrics.update(_privacy_metrics(site, run, ledger, privacy))
+    return to_wire(model.state_dict()), metrics
+
+
+def evaluate_round(
+    site: Site,
+    arrays: Mapping[str, np.ndarray],
+    spec: RoundSpec,
+    scale: float,
+    data: DataConfig,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+) -> dict[str, float]:
+    """Global model on the site's validation split: metrics only."""
+    device = get_device(train_cfg.device)
+    ds = site_dataset(site, "val", spec.panel)
+    if len(ds) == 0:
+        ds = site_dataset(site, "train", spec.panel)
+    loader = DataLoader(ds, batch_size=train_cfg.batch_size)
+    if spec.phase == "ae":
+        ae = build_autoencoder(model_cfg, data.image_size)
+        load_wire(ae, arrays)
+        m = evaluate_autoencoder(ae, loader, device)
+    else:
+        ae = frozen_autoencoder(site, data, model_cfg, scale)
+        denoiser = build_denoiser(model_cfg, len(spec.panel), latent_size(ae))
+        load_wire(denoiser, arrays)
+        m = evaluate_ldm(denoiser, ae, build_noise_scheduler(model_cfg), loader, device, spec.seed)
+    return {k: float(v) for k, v in m.items()}
+
+
+def store_synthetic(
+    site: Site, images: np.ndarray, labels: np.ndarray, genotypes: np.ndarray, panel: list[str]
+) -> Path:
+    """Keep the shared synthetic set at the site for augmentation."""
+    out = site.run_dir / "synthetic"
+    out.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(out / "synthetic.npz", images=images, labels=labels, genotypes=genotypes)
+    (out / "panel.json").write_text(json.dumps(panel))
+    return out / "synthetic.npz"

@@ -1,0 +1,137 @@
+"""Local DP-SGD with Opacus, with a privacy accountant that lives across rounds and phases.
+
+Opacus's own examples create a new ``PrivacyEngine`` per round, so the epsilon they report
+covers one round only. Here the RDP accountant's history (noise multiplier, sample rate,
+steps) is loaded before every local training run and saved after it, so the epsilon a site
+reports is what it has spent since the federation started, over every round of both phases.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from opacus import PrivacyEngine
+from opacus.accountants import RDPAccountant
+from opacus.accountants.utils import get_noise_multiplier
+from torch import nn
+from torch.utils.data import DataLoader
+
+from conf.schema import PrivacyConfig
+
+
+class PrivacyBudgetExceeded(RuntimeError):
+    """A site refuses to train because the next round would pass its epsilon budget."""
+
+
+@dataclass
+class PrivacyLedger:
+    """One site's accountant history: (noise_multiplier, sample_rate, steps) per run."""
+
+    history: list[tuple[float, float, int]] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, path: str | Path) -> PrivacyLedger:
+        p = Path(path)
+        if not p.exists():
+            return cls()
+        return cls([tuple(h) for h in json.loads(p.read_text())["history"]])
+
+    def save(self, path: str | Path) -> None:
+        p = Path(path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"history": self.history}) + "\n")
+        tmp.replace(p)
+
+    def epsilon(self, delta: float, extra: tuple[float, float, int] | None = None) -> float:
+        """Epsilon spent (RDP accountant), optionally after one more planned run."""
+        history = self.history + ([extra] if extra else [])
+        if not history:
+            return 0.0
+        acc = RDPAccountant()
+        acc.history = [tuple(h) for h in history]
+        return float(acc.get_epsilon(delta))
+
+    @property
+    def steps(self) -> int:
+        return int(sum(h[2] for h in self.history))
+
+
+def noise_for(cfg: PrivacyConfig, sample_rate: float, total_steps: int) -> float:
+    """The noise multiplier: ``cfg.noise_multiplier``, or the one that reaches
+    ``cfg.target_epsilon`` after ``total_steps`` steps at ``sample_rate`` (all rounds)."""
+    if cfg.target_epsilon > 0:
+        return float(
+            get_noise_multiplier(
+                target_epsilon=cfg.target_epsilon,
+                target_delta=cfg.delta,
+                sample_rate=sample_rate,
+                steps=total_steps,
+                accountant="rdp",
+            )
+        )
+    return float(cfg.noise_multiplier)
+
+
+@dataclass
+class PrivateRun:
+    """What ``make_private`` returns: the wrapped model, optimiser and Poisson loader."""
+
+    module: nn.Module
+    optimizer: torch.optim.Optimizer
+    loader: DataLoader
+    engine: PrivacyEngine
+    noise_multiplier: float
+    sample_rate: float
+
+
+def make_private(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loader: DataLoader,
+    cfg: PrivacyConfig,
+    ledger: PrivacyLedger,
+    planned_steps: int,
+    total_steps: int,
+) -> PrivateRun:
+    """Wrap for DP-SGD, refusing when the run would pass ``cfg.epsilon_budget``.
+
+    Args:
+        planned_steps: steps of this local run (for the budget check).
+        total_steps: steps over the whole federation (for ``cfg.target_epsilon``).
+    """
+    sample_rate = 1.0 / len(loader)
+    sigma = noise_for(cfg, sample_rate, max(total_steps, planned_steps))
+    if cfg.epsilon_budget > 0:
+        after = ledger.epsilon(cfg.delta, (sigma, sample_rate, planned_steps))
+        if after > cfg.epsilon_budget:
+            spent = ledger.epsilon(cfg.delta)
+            raise PrivacyBudgetExceeded(
+                f"privacy budget: {planned_steps} more DP-SGD steps would take epsilon from "
+                f"{spent:.3f} to {after:.3f}, past the budget of {cfg.epsilon_budget} "
+                f"(delta {cfg.delta})"
+            )
+    engine = PrivacyEngine(accountant="rdp")
+    engine.accountant.history = [tuple(h) for h in ledger.history]
+    module, opt, dp_loader = engine.make_private(
+        module=model,
+        optimizer=optimizer,
+        data_loader=loader,
+        noise_multiplier=sigma,
+        max_grad_norm=cfg.max_grad_norm,
+        poisson_sampling=True,
+    )
+    return PrivateRun(module, opt, dp_loader, engine, sigma, sample_rate)
+
+
+def finish_private(run: PrivateRun, ledger: PrivacyLedger) -> None:
+    """Copy the accountant's history (now including this run) back into the ledger."""
+    ledger.history = [tuple(h) for h in run.engine.accountant.history]
+
+
+def strip_private_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """State dict of an Opacus-wrapped module with the ``_module.`` prefix removed."""
+    return {k.removeprefix("_module."): v for k, v in state.items()}
