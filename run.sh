@@ -21,20 +21,27 @@ DATA=${DATA:-$ROOT/data/cohort}
 RUN_DIR=${RUN_DIR:-$ROOT/runs/tiny}
 g2i-simulate output_dir="$DATA" seed=0
 
-rm -f "$RUN_DIR/census.json"
+# A finished run folder is resumed (nothing left to do); start afresh for a new run.
+rm -rf "$RUN_DIR"
 flwr run . --stream \
   --run-config "experiment='tiny' overrides='data.root=$DATA run_dir=$RUN_DIR federation.min_sites=3'" \
   --federation-config "num-supernodes=3 client-resources-num-cpus=1"
 
 # `flwr run` exits 0 even when the run failed: check what the run left behind.
-python - "$RUN_DIR/census.json" <<'PY'
+python - "$RUN_DIR" <<'PY'
 import json, sys
 from pathlib import Path
-path = Path(sys.argv[1])
-if not path.exists():
-    sys.exit(f"run failed: {path} was not written (see the log above)")
-report = json.loads(path.read_text())
-if report["failed"] or len(report["sites"]) < 3:
-    sys.exit(f"run failed: {len(report['sites'])} sites answered, failures: {report['failed']}")
-print(f"federation OK: {len(report['sites'])} sites, totals {report['totals']} -> {path}")
+run = Path(sys.argv[1])
+metrics = run / "metrics.json"
+if not metrics.exists():
+    sys.exit(f"run failed: {metrics} was not written (see the log above)")
+m = json.loads(metrics.read_text())
+if m["failures"] or len(m["sites"]) < 3:
+    sys.exit(f"run finished with failing sites: {m['failures']}")
+ae = m["last_round_site_metrics"]["ae"]
+print(f"federation OK: sites {m['sites']}, {m['rounds']} rounds, latent scale "
+      f"{m['latent_scale_factor']:.3f}")
+for site, s in sorted(ae.items()):
+    print(f"  {site}: autoencoder val PSNR {s.get('val-psnr', float('nan')):.2f} dB")
+print(f"model: {run / 'model'}; synthetic set: {run / 'synthetic'}; plots: {run / 'rounds.png'}")
 PY

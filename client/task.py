@@ -243,7 +243,9 @@ def train_autoencoder_round(
     )
     steps = _planned_steps(loader, train_cfg.ae_epochs, train_cfg.max_steps_ae)
     run, ledger = _private_or_plain(site, ae, opt, loader, privacy, steps, spec.total_dp_steps)
-    model = run.module if run else ae
+    # Opacus's wrapper exposes only forward(); the autoencoder is driven through encode() and
+    # decode(), whose layers carry the wrapper's per-sample gradient hooks all the same.
+    model = run.module._module if run else ae
     metrics = train_autoencoder(
         model,
         run.loader if run else loader,

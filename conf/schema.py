@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 
@@ -118,8 +117,10 @@ class DataConfig:
             "Dementia": "AD",
         }
     )
-    # Where prepared site datasets are cached (relative to the run or absolute).
-    cache_dir: str = "data/prepared"
+    # Where sites cache prepared datasets and run state: empty = "prepared/<site>" beside
+    # the site folders; otherwise an absolute folder (relative paths would depend on the
+    # working directory of Flower's worker processes).
+    cache_dir: str = ""
 
 
 @dataclass
@@ -257,6 +258,9 @@ _GROUPS: dict[str, Any] = {
 
 def register_configs() -> None:
     """Register the schemas so the YAML files can extend them (idempotent)."""
+    # Imported here: modules that only need the dataclasses (the QC CLI) skip Hydra's import.
+    from hydra.core.config_store import ConfigStore
+
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=Config)
     cs.store(name="base_simulate", node=SimulateConfig)
