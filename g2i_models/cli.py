@@ -26,7 +26,10 @@ from g2i_models.plots import CLASS_NAMES, save_sample_grid
 
 def train_main(argv: Sequence[str] | None = None) -> int:
     """``g2i-train [hydra overrides...]``: train, then write the run folder (``run_dir``)."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # force: importing opacus already installed a root handler at WARNING.
+    logging.basicConfig(
+        level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", force=True
+    )
     diffusers_logging.set_verbosity_error()
     cfg = load_config(None, list(sys.argv[1:] if argv is None else argv))
     try:
