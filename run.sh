@@ -18,13 +18,13 @@ export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1
 mkdir -p "$FLWR_HOME"
 
 DATA=${DATA:-$ROOT/data/cohort}
-RUN_DIR=${RUN_DIR:-$ROOT/runs/tiny}
+RUN_DIR=${RUN_DIR:-$ROOT/runs/fed_tiny}
 g2i-simulate output_dir="$DATA" seed=0
 
 # A finished run folder is resumed (nothing left to do); start afresh for a new run.
 rm -rf "$RUN_DIR"
 flwr run . --stream \
-  --run-config "experiment='tiny' overrides='data.root=$DATA run_dir=$RUN_DIR federation.min_sites=3'" \
+  --run-config "experiment='fed_tiny' overrides='data.root=$DATA run_dir=$RUN_DIR federation.min_sites=3'" \
   --federation-config "num-supernodes=3 client-resources-num-cpus=1"
 
 # `flwr run` exits 0 even when the run failed: check what the run left behind.

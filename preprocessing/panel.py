@@ -16,6 +16,7 @@ the APOE e4 count.
 from __future__ import annotations
 
 import csv
+import json
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -47,16 +48,32 @@ class CatalogSNP:
 
 
 def default_catalog_path() -> Path:
-    """The catalog shipped with the package (``preprocessing/data/ad-snp-catalog.tsv``)."""
-    return Path(str(resources.files("preprocessing") / "data" / "ad-snp-catalog.tsv"))
+    """The catalog shipped with the package (``preprocessing/data/ad-snp-catalog.json``).
+
+    JSON rather than TSV: Flower packs only .py/.toml/.md/.yaml/.json files into the app it
+    ships to SuperNodes, and the sites need the default catalog."""
+    return Path(str(resources.files("preprocessing") / "data" / "ad-snp-catalog.json"))
+
+
+def _catalog_lines(path: Path) -> list[str]:
+    """A catalog file as TSV lines; ``.json`` files hold {"columns": [...], "rows": [...]}."""
+    text = path.read_text()
+    if path.suffix != ".json":
+        return text.splitlines()
+    try:
+        doc = json.loads(text)
+        rows = [doc["columns"], *doc["rows"]]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise GenotypeFormatError(f"not a catalog JSON ({exc})", path) from None
+    return ["\t".join("NA" if v is None else str(v) for v in row) for row in rows]
 
 
 def load_catalog(path: str | Path | None = None) -> list[CatalogSNP]:
-    """Read a catalog TSV (``#`` comment lines, then a header with at least
-    rsid, gene, chrom, pos_grch37, risk_allele)."""
+    """Read a catalog: a TSV (``#`` comment lines, then a header with at least
+    rsid, gene, chrom, pos_grch37, risk_allele) or the same table as JSON."""
     path = Path(path) if path is not None else default_catalog_path()
     try:
-        lines = path.read_text().splitlines()
+        lines = _catalog_lines(path)
     except FileNotFoundError:
         raise GenotypeFormatError("SNP catalog not found", path) from None
     body = [(n, ln) for n, ln in enumerate(lines, start=1) if ln.strip() and not ln.startswith("#")]

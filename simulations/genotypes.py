@@ -16,13 +16,13 @@ Design of the array (identical at every site unless a site drops the APOE SNPs):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from conf.schema import CohortConfig, QCConfig
+from preprocessing import panel
 from preprocessing.hwe import hwe_exact_p
 from preprocessing.plink_io import Sample, Variant
 
@@ -64,16 +64,18 @@ CATEGORIES = ("panel", "background", "high_missing", "hwe", "rare", "monomorphic
 
 
 def load_catalog(path: str | Path | None = None) -> pd.DataFrame:
-    """The AD candidate SNP catalog (rsid, gene, chrom, pos_grch37, risk_allele, source)."""
-    if path:
-        text = Path(path).read_text()
-    else:
-        text = resources.files("simulations").joinpath("data/ad-snp-catalog.tsv").read_text()
-    rows = [ln.split("\t") for ln in text.splitlines() if ln and not ln.startswith("#")]
-    cat = pd.DataFrame(rows[1:], columns=rows[0])
-    cat["chrom"] = cat["chrom"].astype(int)
-    cat["pos_grch37"] = pd.to_numeric(cat["pos_grch37"], errors="coerce").fillna(0).astype(int)
-    return cat
+    """The AD candidate SNP catalog as a table (rsid, gene, chrom, pos_grch37, risk_allele);
+    positions the catalog lacks are 0 (PLINK's "unknown")."""
+    rows = panel.load_catalog(path or None)
+    return pd.DataFrame(
+        {
+            "rsid": [r.rsid for r in rows],
+            "gene": [r.gene for r in rows],
+            "chrom": [int(r.chrom) for r in rows],
+            "pos_grch37": [r.pos or 0 for r in rows],
+            "risk_allele": [r.risk_allele for r in rows],
+        }
+    )
 
 
 @dataclass

@@ -12,8 +12,6 @@ import tomllib
 import zipfile
 from pathlib import Path
 
-import pytest
-
 REPO = Path(__file__).parents[2]
 # The packages the ServerApp and the ClientApp import (g2i-simulate runs outside Flower).
 APP_PACKAGES = ("client", "server", "conf", "preprocessing", "g2i_models")
@@ -31,11 +29,6 @@ def _package_data() -> list[str]:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Flower packs only .py/.toml/.md/.yaml/.yml/.json/.jsonl files into a FAB (no "
-    "include rule can add others): preprocessing/data/ad-snp-catalog.tsv never reaches a site",
-)
 def test_fab_holds_the_package_data_the_apps_read() -> None:
     from flwr.cli.build import build_fab_from_disk
 

@@ -96,13 +96,9 @@ def test_only_weights_counts_and_metrics_leave_a_site(federation: dict[str, Path
         "train",
         "evaluate",
     }
-    catalog = set(
-        pd.read_csv(
-            Path(__file__).parents[2] / "preprocessing" / "data" / "ad-snp-catalog.tsv",
-            sep="\t",
-            comment="#",
-        ).rsid
-    ) | {"APOE_e4"}
+    from preprocessing.panel import load_catalog
+
+    catalog = {c.rsid for c in load_catalog()} | {"APOE_e4"}
     logs = sorted(federation["audit"].glob("*.jsonl"))
     assert len(logs) == 3
     for log in logs:

@@ -55,10 +55,11 @@ def test_truth_is_outside_every_site(cohort_dir: Path) -> None:
 
 
 def test_array_holds_the_whole_catalog_with_apoe(cohort_dir: Path) -> None:
-    catalog = pd.read_csv(
-        Path(__file__).parents[2] / "simulations" / "data" / "ad-snp-catalog.tsv",
-        sep="\t",
-        comment="#",
+    from preprocessing.panel import load_catalog
+
+    catalog = pd.DataFrame(
+        [(c.rsid, int(c.chrom), c.pos or np.nan, c.risk_allele) for c in load_catalog()],
+        columns=["rsid", "chrom", "pos_grch37", "risk_allele"],
     )
     bim = pd.read_csv(cohort_dir / "site-0" / "genotypes.bim", sep="\t", header=None)
     by_id = bim.set_index(1)
