@@ -69,15 +69,13 @@ def write_synthetic_set(
                 "genotypes": dict(zip(panel, genotypes[i].tolist(), strict=True)),
             }
         )
+    save_sample_grid(images[:96], labels[:96], out / "grid.png", title="synthetic set")
     for k, dx in enumerate(CLASS_NAMES):
         mask = labels == k
         if mask.any():
-            save_sample_grid(
-                images[mask][:32],
-                labels[mask][:32],
-                out / f"grid_{dx}.png",
-                title=f"synthetic {dx}",
-            )
+            one_row = torch.zeros(int(mask.sum()), dtype=torch.long)[:32]
+            save_sample_grid(images[mask][:32], one_row, out / f"grid_{dx}.png", [dx],
+                             title=f"synthetic {dx}")
     manifest = {
         "z_mm": z_mm,
         "image_size": size,
