@@ -107,7 +107,8 @@ def site_folders(root: Path) -> list[Path]:
     if not sites:
         raise DataSourceError(
             f"{root}: no prepared site (manifest.json) here or in its subfolders; run "
-            "`g2i-prepare site_dir=... output_dir=...` and point data.root at its output"
+            "`g2i-prepare site_dir=... output_dir=...` and point data.root at its output, "
+            "or train on the built-in synthetic test data with data.source=synthetic"
         )
     return sites
 
