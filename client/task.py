@@ -194,19 +194,27 @@ def _loader(ds: Dataset, batch_size: int, seed: int) -> DataLoader:
     )
 
 
-def _private_or_plain(
+def _local_run(
     site: Site,
     model: torch.nn.Module,
-    opt: torch.optim.Optimizer,
-    loader: DataLoader,
+    spec: RoundSpec,
+    lr: float,
+    epochs: int,
+    max_steps: int,
+    train_cfg: TrainConfig,
     privacy: PrivacyConfig,
-    planned_steps: int,
-    total_steps: int,
-) -> tuple[Any, PrivacyLedger | None]:
+) -> tuple[Any, DataLoader, torch.optim.Optimizer, Any, PrivacyLedger | None]:
+    """Loader, optimiser, FedProx reference and, under DP-SGD, the Opacus wrapping of one
+    local run: (private run or None, loader, optimiser, reference or None, ledger or None)."""
+    reference = snapshot(model) if spec.proximal_mu > 0 else None
+    loader = _loader(site_dataset(site, "train", spec.panel), train_cfg.batch_size, spec.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=train_cfg.weight_decay)
     if privacy.mode != "dp_sgd":
-        return None, None
+        return None, loader, opt, reference, None
     ledger = PrivacyLedger.load(site.run_dir / "privacy_ledger.json")
-    return make_private(model, opt, loader, privacy, ledger, planned_steps, total_steps), ledger
+    steps = _planned_steps(loader, epochs, max_steps)
+    run = make_private(model, opt, loader, privacy, ledger, steps, spec.total_dp_steps)
+    return run, loader, opt, reference, ledger
 
 
 def _privacy_metrics(
@@ -236,13 +244,17 @@ def train_autoencoder_round(
     device = get_device(train_cfg.device)
     ae = build_autoencoder(model_cfg, data.image_size)
     load_wire(ae, arrays)
-    reference = snapshot(ae) if spec.proximal_mu > 0 else None
-    loader = _loader(site_dataset(site, "train", spec.panel), train_cfg.batch_size, spec.seed)
-    opt = torch.optim.AdamW(
-        ae.parameters(), lr=train_cfg.lr_ae, weight_decay=train_cfg.weight_decay
+    local = _local_run(
+        site,
+        ae,
+        spec,
+        train_cfg.lr_ae,
+        train_cfg.ae_epochs,
+        train_cfg.max_steps_ae,
+        train_cfg,
+        privacy,
     )
-    steps = _planned_steps(loader, train_cfg.ae_epochs, train_cfg.max_steps_ae)
-    run, ledger = _private_or_plain(site, ae, opt, loader, privacy, steps, spec.total_dp_steps)
+    run, loader, opt, reference, ledger = local
     # Opacus's wrapper exposes only forward(); the autoencoder is driven through encode() and
     # decode(), whose layers carry the wrapper's per-sample gradient hooks all the same.
     model = run.module._module if run else ae
@@ -317,15 +329,17 @@ def train_ldm_round(
     ae = frozen_autoencoder(site, data, model_cfg, scale)
     denoiser = build_denoiser(model_cfg, len(spec.panel), latent_size(ae))
     load_wire(denoiser, arrays)
-    reference = snapshot(denoiser) if spec.proximal_mu > 0 else None
-    loader = _loader(site_dataset(site, "train", spec.panel), train_cfg.batch_size, spec.seed)
-    opt = torch.optim.AdamW(
-        denoiser.parameters(), lr=train_cfg.lr_ldm, weight_decay=train_cfg.weight_decay
+    local = _local_run(
+        site,
+        denoiser,
+        spec,
+        train_cfg.lr_ldm,
+        train_cfg.ldm_epochs,
+        train_cfg.max_steps_ldm,
+        train_cfg,
+        privacy,
     )
-    steps = _planned_steps(loader, train_cfg.ldm_epochs, train_cfg.max_steps_ldm)
-    run, ledger = _private_or_plain(
-        site, denoiser, opt, loader, privacy, steps, spec.total_dp_steps
-    )
+    run, loader, opt, reference, ledger = local
     model = run.module if run else denoiser
     metrics = train_ldm(
         model,
