@@ -10,8 +10,6 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 from flwr.app import (
-    Array,
-    ArrayRecord,
     ConfigRecord,
     Context,
     Message,
@@ -24,6 +22,7 @@ from flwr.clientapp.mod import fixedclipping_mod
 
 from client import task
 from client.audit import audit_mod
+from client.records import message_arrays, to_record
 from client.site import site_data_path
 from conf import load_config, to_object
 from preprocessing.census import site_census
@@ -52,11 +51,6 @@ def _spec(config: ConfigRecord) -> task.RoundSpec:
     )
 
 
-def _arrays(msg: Message) -> dict[str, np.ndarray]:
-    record = next(iter(msg.content.array_records.values()))
-    return {k: v.numpy() for k, v in record.items()}
-
-
 def census(msg: Message, context: Context) -> Message:
     """Aggregate counts: subjects per diagnosis, scans, genotyped samples."""
     cfg = _config(context)
@@ -72,17 +66,13 @@ def qc_counts(msg: Message, context: Context) -> Message:
     """Phase 0: per-SNP genotype counts after local --mind."""
     cfg = _config(context)
     arrays = task.qc_counts(_site(context, cfg), to_object(cfg.data.qc))
-    return Message(RecordDict({"counts": _named(arrays)}), reply_to=msg)
-
-
-def _named(arrays: dict[str, np.ndarray]) -> ArrayRecord:
-    return ArrayRecord(array_dict={k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+    return Message(RecordDict({"counts": to_record(arrays)}), reply_to=msg)
 
 
 def prepare(msg: Message, context: Context) -> Message:
     """Apply the federation's keep-list; build the panel and the slice cache."""
     cfg = _config(context)
-    decision = task.decision_from_arrays(_arrays(msg))
+    decision = task.decision_from_arrays(message_arrays(msg))
     counts, snps, per_dx = task.prepare(
         _site(context, cfg), to_object(cfg.data), decision, cfg.seed
     )
@@ -90,7 +80,7 @@ def prepare(msg: Message, context: Context) -> Message:
         {
             "counts": MetricRecord(counts),
             "panel": ConfigRecord({"snps": snps}),
-            "panel-counts": _named({"per-dx": per_dx}),
+            "panel-counts": to_record({"per-dx": per_dx}),
         }
     )
     return Message(content, reply_to=msg)
@@ -102,7 +92,7 @@ def latent_stats(msg: Message, context: Context) -> Message:
     spec = _spec(msg.content["config"])
     stats = task.latent_stats(
         _site(context, cfg),
-        _arrays(msg),
+        message_arrays(msg),
         spec,
         to_object(cfg.data),
         to_object(cfg.model),
@@ -114,7 +104,7 @@ def latent_stats(msg: Message, context: Context) -> Message:
 def receive_synthetic(msg: Message, context: Context) -> Message:
     """Store the shared synthetic set for local augmentation."""
     cfg = _config(context)
-    a = _arrays(msg)
+    a = message_arrays(msg)
     panel = [str(s) for s in msg.content["config"]["panel"]]
     task.store_synthetic(_site(context, cfg), a["images"], a["labels"], a["genotypes"], panel)
     return Message(
@@ -135,10 +125,10 @@ def train(msg: Message, context: Context) -> Message:
         to_object(cfg.privacy),
     )
     if spec.phase == "ae":
-        arrays, metrics = task.train_autoencoder_round(site, _arrays(msg), spec, *parts)
+        arrays, metrics = task.train_autoencoder_round(site, message_arrays(msg), spec, *parts)
     elif spec.phase == "ldm":
         arrays, metrics = task.train_ldm_round(
-            site, _arrays(msg), spec, float(config["scale"]), *parts
+            site, message_arrays(msg), spec, float(config["scale"]), *parts
         )
     else:
         raise ValueError(f"unknown training phase {spec.phase!r}")
@@ -149,7 +139,7 @@ def train(msg: Message, context: Context) -> Message:
         )
     metrics["num-examples"] = metrics.pop("num_examples")
     return Message(
-        RecordDict({"arrays": _named(arrays), "metrics": MetricRecord(metrics)}), reply_to=msg
+        RecordDict({"arrays": to_record(arrays), "metrics": MetricRecord(metrics)}), reply_to=msg
     )
 
 
@@ -160,7 +150,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     spec = _spec(config)
     metrics = task.evaluate_round(
         _site(context, cfg),
-        _arrays(msg),
+        message_arrays(msg),
         spec,
         float(config.get("scale", 1.0)),
         to_object(cfg.data),

@@ -20,9 +20,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
+from client.records import error_summary, from_record, to_record
+from client.task import decision_to_arrays, load_wire, to_wire
 from conf import load_config, to_object
 from g2i_models.autoencoder import (
     build_autoencoder,
@@ -56,14 +58,6 @@ def wait_for_nodes(grid: Grid, min_nodes: int, timeout_s: float = 120.0) -> list
         time.sleep(1.0)
 
 
-def _named(arrays: dict[str, np.ndarray]) -> ArrayRecord:
-    return ArrayRecord(array_dict={k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
-
-
-def _numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
-    return {k: v.numpy() for k, v in record.items()}
-
-
 def broadcast(
     grid: Grid,
     nodes: list[int],
@@ -80,16 +74,12 @@ def broadcast(
     for reply in grid.send_and_receive(messages, timeout=timeout):
         node = reply.metadata.src_node_id
         if reply.has_error():
-            failed[node] = reply.error.reason.strip().splitlines()[-1][:400]
+            failed[node] = error_summary(reply)
         else:
             ok[node] = reply.content
     for n in set(nodes) - set(ok) - set(failed):
         failed[n] = "no reply before the timeout"
     return ok, failed
-
-
-def _arrays_of(module: torch.nn.Module) -> dict[str, np.ndarray]:
-    return {k: v.detach().cpu().float().numpy() for k, v in module.state_dict().items()}
 
 
 @app.main()
@@ -131,7 +121,7 @@ def main(grid: Grid, context: Context) -> None:
     by_array: dict[str, list[int]] = {}
     site_counts: dict[int, SiteCounts] = {}
     for node, content in counts.items():
-        site_counts[node] = SiteCounts.from_arrays(_numpy(content["counts"]))
+        site_counts[node] = SiteCounts.from_arrays(from_record(content["counts"]))
         by_array.setdefault(site_counts[node].bim_fingerprint, []).append(node)
     main_array = max(by_array.values(), key=len)
     fail(
@@ -144,13 +134,12 @@ def main(grid: Grid, context: Context) -> None:
         },
     )
     decision = federated_variant_qc([site_counts[n] for n in main_array], data.qc)
-    from client.task import decision_to_arrays  # the wire format shared with the sites
 
     prepared, failed = broadcast(
         grid,
         sorted(main_array),
         "prepare",
-        RecordDict({"decision": _named(decision_to_arrays(decision))}),
+        RecordDict({"decision": to_record(decision_to_arrays(decision))}),
     )
     fail("prepare", failed)
     active = sorted(n for n, c in prepared.items() if int(c["counts"]["n-train"]) > 0)
@@ -179,9 +168,18 @@ def main(grid: Grid, context: Context) -> None:
     }
     ae = build_autoencoder(model_cfg, data.image_size)
     ae_arrays = _run_phase(
-        grid, run, "ae", _arrays_of(ae), fed.rounds_ae, base, fed, privacy, names, len(active)
+        grid,
+        run,
+        "ae",
+        to_wire(ae.state_dict()),
+        fed.rounds_ae,
+        base,
+        fed,
+        privacy,
+        names,
+        len(active),
     )
-    ae.load_state_dict({k: torch.from_numpy(v) for k, v in ae_arrays.items()})
+    load_wire(ae, ae_arrays)
 
     # -- scale factor from the sites' latent moments ----------------------------------------
     scale = run.get("scale")
@@ -189,7 +187,9 @@ def main(grid: Grid, context: Context) -> None:
         grid,
         active,
         "latent_stats",
-        RecordDict({"arrays": _named(ae_arrays), "config": ConfigRecord({**base, "phase": "ae"})}),
+        RecordDict(
+            {"arrays": to_record(ae_arrays), "config": ConfigRecord({**base, "phase": "ae"})}
+        ),
     )
     fail("latent stats", failed)
     if scale is None:
@@ -209,7 +209,7 @@ def main(grid: Grid, context: Context) -> None:
         grid,
         run,
         "ldm",
-        _arrays_of(denoiser),
+        to_wire(denoiser.state_dict()),
         fed.rounds_ldm,
         {**base, "scale": scale},
         fed,
@@ -217,7 +217,7 @@ def main(grid: Grid, context: Context) -> None:
         names,
         len(active),
     )
-    denoiser.load_state_dict({k: torch.from_numpy(v) for k, v in ldm_arrays.items()})
+    load_wire(denoiser, ldm_arrays)
 
     # -- generation -------------------------------------------------------------------------
     freqs = genotype_frequencies(per_dx)
@@ -256,7 +256,7 @@ def main(grid: Grid, context: Context) -> None:
         "synthetic",
         RecordDict(
             {
-                "arrays": _named(
+                "arrays": to_record(
                     {
                         "images": images.numpy(),
                         "labels": labels.numpy(),
@@ -338,7 +338,7 @@ def _run_phase(
 
     def checkpoint(server_round: int, record: ArrayRecord) -> MetricRecord | None:
         if server_round > 0:
-            run.checkpoint(phase, done + server_round, _numpy(record))
+            run.checkpoint(phase, done + server_round, from_record(record))
             if strategy.rounds:
                 run.log_round(strategy.rounds[-1])
         return None
@@ -346,10 +346,10 @@ def _run_phase(
     phase_config = ConfigRecord({**config, "phase": phase})
     result = strategy.start(
         grid,
-        _named(arrays),
+        to_record(arrays),
         num_rounds=rounds - done,
         train_config=phase_config,
         evaluate_config=phase_config,
         evaluate_fn=checkpoint,
     )
-    return _numpy(result.arrays)
+    return from_record(result.arrays)

@@ -18,6 +18,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp import strategy as fl
 
+from client.records import error_summary
 from conf.schema import FederationConfig, PrivacyConfig
 
 STRATEGIES: dict[str, Callable[..., fl.Strategy]] = {
@@ -115,7 +116,7 @@ class GuardedStrategy(fl.Strategy):
         for reply in replies:
             name = self._name(reply.metadata.src_node_id)
             if reply.has_error():
-                log.failures[name] = reply.error.reason.strip().splitlines()[-1][:400]
+                log.failures[name] = error_summary(reply)
                 continue
             record = next(iter(reply.content.array_records.values()), None)
             if record is None or not arrays_finite(record):
