@@ -18,7 +18,6 @@ import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import asdict
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ from tqdm import tqdm
 from conf.schema import DataConfig
 from preprocessing.errors import G2IError, ImageFormatError
 from preprocessing.imaging import SliceSpec, extract_slices
+from preprocessing.versions import package_versions
 
 CACHE_VERSION = 1
 LABELS = ("CN", "MCI", "AD")
@@ -87,16 +87,6 @@ def _fingerprint(paths: list[Path], extra: Any) -> str:
 def config_hash(cfg: DataConfig, seed: int) -> str:
     payload = {"data": asdict(cfg), "seed": seed, "cache_version": CACHE_VERSION}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
-
-
-def _versions() -> dict[str, str]:
-    out = {}
-    for pkg in ("g2i-fed", "numpy", "nibabel", "scipy", "torch"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = "unknown"
-    return out
 
 
 def _scan_path(mri_dir: Path, sid: str) -> Path | None:
@@ -182,14 +172,20 @@ def prepare_site(
             exclusions.append({"subject": sid, "reason": f"bad scan: {exc}"})
             continue
         kept.append((sid, label))
-    images = open_memmap(
-        out / "images.npy", mode="w+", dtype=np.float32, shape=(len(kept), *shape[1:])
-    )
-    for i in range(len(kept)):
-        images[i] = staging[i]
-    images.flush()
-    del images, staging
-    (out / "images.partial.npy").unlink()
+    staging.flush()
+    if len(kept) == len(candidates):
+        del staging
+        (out / "images.partial.npy").replace(out / "images.npy")
+    else:
+        # Bad scans left rows unused at the end: copy the kept rows into a file of their size.
+        images = open_memmap(
+            out / "images.npy", mode="w+", dtype=np.float32, shape=(len(kept), *shape[1:])
+        )
+        for i in range(len(kept)):
+            images[i] = staging[i]
+        images.flush()
+        del images, staging
+        (out / "images.partial.npy").unlink()
 
     snp_names = [str(c) for c in table.columns]
     geno = table.loc[[sid for sid, _ in kept]].to_numpy(dtype=np.float64)
@@ -206,7 +202,7 @@ def prepare_site(
         "seed": seed,
         "config_hash": c_hash,
         "inputs_hash": i_hash,
-        "versions": _versions(),
+        "versions": package_versions(("g2i-fed", "numpy", "nibabel", "scipy", "torch")),
         "image_shape": list(shape[1:]),
         "slice_space": "MNI152 mm canvas: rows y +91..-126, columns x -108.5..+108.5",
         "slice_z_mm": spec.z_levels.tolist(),

@@ -18,7 +18,6 @@ import multiprocessing as mp
 import shutil
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, replace
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ from tqdm import tqdm
 
 from conf.schema import CohortConfig, QCConfig
 from preprocessing.plink_io import Variant, write_plink
+from preprocessing.versions import package_versions
 from simulations import anatomy
 from simulations.genotypes import (
     APOE_SNPS,
@@ -170,16 +170,6 @@ def _render_all(jobs: list[tuple], workers: int) -> dict[str, dict[str, float]]:
                 bar.update()
     bar.close()
     return results
-
-
-def _versions() -> dict[str, str]:
-    out = {}
-    for pkg in ("g2i-fed", "numpy", "nibabel", "nilearn", "scipy", "torch"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = "unknown"
-    return out
 
 
 def simulate_cohort(
@@ -365,7 +355,7 @@ def simulate_cohort(
         "format_version": FORMAT_VERSION,
         "seed": seed,
         "config": config_dict,
-        "versions": _versions(),
+        "versions": package_versions(("g2i-fed", "numpy", "nibabel", "nilearn", "scipy", "torch")),
         "sites": [site_dir(out, k).name for k in range(cfg.n_sites)],
         "voxel_grid": {"shape": list(shape), "affine_ras": grid_affine.tolist()},
         "fam_phenotype": {"CN": 1, "MCI": -9, "AD": 2},
