@@ -223,6 +223,38 @@ class PrivacyConfig:
 
 
 @dataclass
+class EvaluationConfig:
+    """Image metrics, genotype-effect recovery, downstream classifier, memorisation audit."""
+
+    # Features for FID / KID and the feature-space memorisation audit: "in_domain" (a small
+    # CNN trained on the real training slices, see g2i_models.features) or "inception"
+    # (Inception-v3; needs ``inception_weights``, a torchvision state-dict file).
+    feature_extractor: str = "in_domain"
+    inception_weights: str = ""
+    # A saved in-domain extractor folder to reuse; empty = train one and save it in the run.
+    in_domain_dir: str = ""
+    in_domain_epochs: int = 15
+    # Generated images per diagnosis scored against the real test images.
+    samples_per_class: int = 32
+    # Random pairs of generated images for the paper's between-sample SSIM / MS-SSIM.
+    diversity_pairs: int = 200
+    kid_subset_size: int = 50
+    # Genotype-effect recovery: images per (APOE e4 count, diagnosis) and bootstrap draws.
+    effect_samples: int = 16
+    effect_bootstrap: int = 1000
+    # Downstream CN / MCI / AD classifier (the paper's 2-layer CNN), real vs real +
+    # synthetic topped up to ``classifier_per_class`` images per class (paper: 500).
+    classifier_per_class: int = 500
+    classifier_epochs: int = 30
+    classifier_batch_size: int = 32
+    classifier_lr: float = 1e-3
+    classifier_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    # Memorisation audit: a synthetic image is flagged when its nearest training image is
+    # closer than this quantile of the real test-to-train nearest-neighbour distances.
+    audit_quantile: float = 0.05
+
+
+@dataclass
 class Config:
     """The root configuration composed from the groups."""
 
@@ -232,6 +264,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     federation: FederationConfig = MISSING
     privacy: PrivacyConfig = MISSING
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     name: str = "default"
     seed: int = 0
     run_dir: str = "runs/${name}"
