@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import json
 import logging
+from functools import partial
 from pathlib import Path
 
 import torch
 from diffusers.training_utils import EMAModel
 from torch.utils.data import DataLoader, Dataset
 
-from conf.schema import ModelConfig, TrainConfig
+from conf.schema import ModelConfig, PrivacyConfig, TrainConfig
 from g2i_models.autoencoder import (
     PatchDiscriminator,
     build_autoencoder,
@@ -25,6 +26,7 @@ from g2i_models.device import get_device, seed_everything
 from g2i_models.diffusion import build_noise_scheduler
 from g2i_models.pipeline import G2IPipeline, generate
 from g2i_models.plots import CLASS_NAMES, save_loss_curves, save_sample_grid
+from g2i_models.privacy import PrivacyLedger, PrivateRun, finish_private, make_private
 from g2i_models.snp_encoder import MISSING_GENOTYPE
 from g2i_models.train import evaluate_autoencoder, evaluate_ldm, train_autoencoder, train_ldm
 from g2i_models.unet import build_denoiser
@@ -63,8 +65,13 @@ def train_centralized(
     out_dir: str | Path,
     seed: int = 0,
     progress: bool = True,
+    privacy: PrivacyConfig | None = None,
 ) -> dict[str, float]:
     """Train the autoencoder, fix the latent scale, train the LDM, save and plot.
+
+    With ``privacy.mode == "dp_sgd"`` both phases train with Opacus DP-SGD (Poisson batches,
+    per-sample clipping and noise) and one accountant covers both; the epsilon spent is in
+    the metrics and privacy_ledger.json (the adversarial term is not supported then).
 
     Writes ``out_dir``/model (``G2IPipeline`` folder), samples.png, real.png,
     ae_loss.{csv,png}, ldm_loss.{csv,png} and metrics.json. Returns the metrics.
@@ -88,21 +95,48 @@ def train_centralized(
     )
     val_loader = DataLoader(val_set, shuffle=False, **loader_kw)
     metrics: dict[str, float] = {}
+    dp = privacy is not None and privacy.mode == "dp_sgd"
+    if privacy is not None and privacy.mode not in ("none", "dp_sgd"):
+        raise ValueError(
+            f"privacy.mode={privacy.mode!r} needs a federation; centralized training supports "
+            "none or dp_sgd"
+        )
+    if dp and train_cfg.adv_weight > 0:
+        raise ValueError("privacy.mode=dp_sgd does not support train.adv_weight > 0")
+    # One accountant over both phases; target_epsilon is spread over all their steps.
+    ledger = PrivacyLedger()
+    steps = _planned_steps(len(train_loader), train_cfg.ae_epochs, train_cfg.max_steps_ae)
+    total_steps = steps + _planned_steps(
+        len(train_loader), train_cfg.ldm_epochs, train_cfg.max_steps_ldm
+    )
+    private_run = partial(
+        _private,
+        loader=train_loader,
+        train_cfg=train_cfg,
+        privacy=privacy,
+        ledger=ledger,
+        total_steps=total_steps,
+    )
 
     ae = build_autoencoder(model_cfg, image_size).to(device)
     before = evaluate_autoencoder(ae, val_loader, device)
     disc = PatchDiscriminator() if train_cfg.adv_weight > 0 else None
     ae_history: list[dict[str, float]] = []
+    private = private_run(ae, train_cfg.lr_ae, steps)
     train_autoencoder(
-        ae,
-        train_loader,
+        # Opacus's wrapper exposes only forward(); encode()/decode() run the wrapped layers.
+        private.module._module if private else ae,
+        private.loader if private else train_loader,
         train_cfg,
         device,
+        optimizer=private.optimizer if private else None,
         discriminator=disc,
         seed=seed,
         history=ae_history,
         progress=progress,
     )
+    if private:
+        finish_private(private, ledger)
     after = evaluate_autoencoder(ae, val_loader, device)
     metrics.update(ae_val_psnr_before=before["psnr"], ae_val_psnr=after["psnr"])
     metrics.update(ae_val_ssim=after["ssim"], ae_val_l1=after["l1"])
@@ -120,19 +154,31 @@ def train_centralized(
     ema = EMAModel(denoiser.parameters(), decay=train_cfg.ema_decay)
     metrics["ldm_val_mse_before"] = evaluate_ldm(denoiser, ae, scheduler, val_loader, device)["mse"]
     ldm_history: list[dict[str, float]] = []
+    steps = _planned_steps(len(train_loader), train_cfg.ldm_epochs, train_cfg.max_steps_ldm)
+    private = private_run(denoiser, train_cfg.lr_ldm, steps)
     train_ldm(
-        denoiser,
+        private.module if private else denoiser,
         ae,
         scheduler,
-        train_loader,
+        private.loader if private else train_loader,
         train_cfg,
         device,
         cond_dropout=model_cfg.cond_dropout,
+        optimizer=private.optimizer if private else None,
         ema=ema,
         seed=seed,
         history=ldm_history,
         progress=progress,
     )
+    if private:
+        finish_private(private, ledger)
+        ledger.save(out / "privacy_ledger.json")
+        metrics.update(
+            dp_epsilon=ledger.epsilon(privacy.delta),
+            dp_delta=privacy.delta,
+            dp_steps=float(ledger.steps),
+            dp_noise_multiplier=private.noise_multiplier,
+        )
     metrics["ldm_val_mse_raw"] = evaluate_ldm(denoiser, ae, scheduler, val_loader, device)["mse"]
     ema.copy_to(denoiser.parameters())
     metrics["ldm_val_mse"] = evaluate_ldm(denoiser, ae, scheduler, val_loader, device)["mse"]
@@ -167,6 +213,30 @@ def train_centralized(
     )
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
+
+
+def _planned_steps(batches_per_epoch: int, epochs: int, max_steps: int) -> int:
+    steps = epochs * batches_per_epoch
+    return min(steps, max_steps) if max_steps > 0 else steps
+
+
+def _private(
+    model: torch.nn.Module,
+    lr: float,
+    steps: int,
+    *,
+    loader: DataLoader,
+    train_cfg: TrainConfig,
+    privacy: PrivacyConfig | None,
+    ledger: PrivacyLedger,
+    total_steps: int,
+) -> PrivateRun | None:
+    """The DP-SGD wrapping of one phase, or None without DP-SGD."""
+    if privacy is None or privacy.mode != "dp_sgd":
+        return None
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=train_cfg.weight_decay)
+    model.train()  # evaluated just before; Opacus wraps modules in training mode only
+    return make_private(model, opt, loader, privacy, ledger, steps, total_steps)
 
 
 def _mean_of(records: list[dict[str, float]], key: str) -> float:

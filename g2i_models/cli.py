@@ -38,7 +38,13 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         print(f"g2i-train: {err}", file=sys.stderr)
         return 2
     metrics = train_centralized(
-        train_set, val_set, to_object(cfg.model), to_object(cfg.train), cfg.run_dir, cfg.seed
+        train_set,
+        val_set,
+        to_object(cfg.model),
+        to_object(cfg.train),
+        cfg.run_dir,
+        cfg.seed,
+        privacy=to_object(cfg.privacy),
     )
     print(json.dumps(metrics, indent=2))
     print(f"model and figures written to {cfg.run_dir}")

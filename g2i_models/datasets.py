@@ -100,10 +100,21 @@ def _site_loader() -> Callable[[Path, str], Dataset]:
 
 
 def site_folders(root: Path) -> list[Path]:
-    """A prepared site folder (holding manifest.json), or the prepared sites under it."""
+    """A prepared site folder (holding manifest.json), or the prepared sites under it:
+    ``<root>/<site>/`` (g2i-prepare) or ``<root>/[prepared/]<site>/prepared/`` (federation)."""
     if (root / "manifest.json").is_file():
         return [root]
-    sites = sorted(p.parent for p in root.glob("*/manifest.json"))
+    # g2i-prepare output (<root>/<site>/manifest.json), or the folders a federation prepares
+    # at its sites (<cohort>/prepared/<site>/prepared/manifest.json).
+    sites: list[Path] = []
+    for pattern in (
+        "*/manifest.json",
+        "*/prepared/manifest.json",
+        "prepared/*/prepared/manifest.json",
+    ):
+        sites = sorted(p.parent for p in root.glob(pattern))
+        if sites:
+            break
     if not sites:
         raise DataSourceError(
             f"{root}: no prepared site (manifest.json) here or in its subfolders; run "

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 
 from g2i_models.cli import generate_main, train_main
@@ -45,3 +46,21 @@ def test_train_then_generate(tmp_path, capsys) -> None:
 def test_missing_site_data_is_a_clear_error(tmp_path, capsys) -> None:
     assert train_main([f"data.root={tmp_path}", f"run_dir={tmp_path / 'run'}"]) == 2
     assert "data.source=synthetic" in capsys.readouterr().err
+
+
+def test_centralized_dp_sgd_accounts_both_phases(tmp_path) -> None:
+    run = tmp_path / "run"
+    args = [*TINY, "privacy=dp_sgd", "privacy.noise_multiplier=1.1", f"run_dir={run}"]
+    assert train_main(args) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    ledger = json.loads((run / "privacy_ledger.json").read_text())["history"]
+    # One accountant: the autoencoder's and the LDM's 2 steps each, at the configured noise
+    # (the accountant merges runs with equal noise and sample rate).
+    assert sum(h[2] for h in ledger) == 4 and all(h[0] == 1.1 for h in ledger)
+    assert metrics["dp_steps"] == 4 and metrics["dp_noise_multiplier"] == 1.1
+    assert 0 < metrics["dp_epsilon"] < float("inf")
+
+
+def test_centralized_refuses_central_dp(tmp_path) -> None:
+    with pytest.raises(ValueError, match="needs a federation"):
+        train_main([*TINY, "privacy=central_dp", f"run_dir={tmp_path}"])

@@ -6,7 +6,12 @@ import torch
 from torch.utils.data import ConcatDataset, DataLoader
 
 from conf.schema import DataConfig
-from g2i_models.datasets import DataSourceError, SyntheticSliceDataset, load_datasets
+from g2i_models.datasets import (
+    DataSourceError,
+    SyntheticSliceDataset,
+    load_datasets,
+    site_folders,
+)
 
 
 def test_synthetic_items_follow_the_dataset_format() -> None:
@@ -64,3 +69,13 @@ def test_site_source_pools_prepared_sites(monkeypatch, tmp_path) -> None:
     assert sorted(calls) == [(s, p) for s in ("site-a", "site-b") for p in ("train", "val")]
     with pytest.raises(DataSourceError, match="manifest.json"):
         load_datasets(DataConfig(root=str(tmp_path / "nowhere")))
+
+
+def test_site_folders_finds_the_sites_a_federation_prepared(tmp_path) -> None:
+    for site in ("site-0", "site-1"):
+        (tmp_path / "prepared" / site / "prepared").mkdir(parents=True)
+        (tmp_path / "prepared" / site / "prepared" / "manifest.json").write_text("{}")
+    expected = [tmp_path / "prepared" / s / "prepared" for s in ("site-0", "site-1")]
+    assert site_folders(tmp_path) == expected  # the cohort root
+    assert site_folders(tmp_path / "prepared") == expected
+    assert site_folders(expected[0]) == [expected[0]]
