@@ -252,6 +252,8 @@ class EvaluationConfig:
     # Memorisation audit: a synthetic image is flagged when its nearest training image is
     # closer than this quantile of the real test-to-train nearest-neighbour distances.
     audit_quantile: float = 0.05
+    # Truth folder of a g2i-simulate cohort; empty = <data.root>/truth when it exists.
+    truth_dir: str = ""
 
 
 @dataclass
@@ -280,12 +282,44 @@ class SimulateConfig:
     overwrite: bool = False
 
 
+@dataclass
+class StudyConfig:
+    """``g2i-study``: model variants x centralized / federated x DP off / on."""
+
+    # The experiment every cell starts from, and overrides applied to every cell.
+    experiment: str = "fed_tiny"
+    overrides: list[str] = field(default_factory=list)
+    variants: list[str] = field(
+        default_factory=lambda: ["ldm_label", "g2i", "g2i_label_noattn", "g2i_label_attn"]
+    )
+    modes: list[str] = field(default_factory=lambda: ["centralized", "federated"])
+    privacy: list[str] = field(default_factory=lambda: ["none", "dp_sgd"])
+    # Extra overrides of the DP cells (noise, clipping, budget).
+    dp_overrides: list[str] = field(default_factory=list)
+    n_sites: int = 3
+    # Seconds one federated cell may take.
+    federation_timeout_s: int = 3600
+
+
+@dataclass
+class StudyRoot:
+    """The root configuration of ``g2i-study``."""
+
+    study: StudyConfig = MISSING
+    data_root: str = "data/cohort"
+    out_dir: str = "runs/study"
+    seed: int = 0
+    # Skip cells whose evaluation.json exists (rerun a study to finish it).
+    resume: bool = True
+
+
 _GROUPS: dict[str, Any] = {
     "data": DataConfig,
     "cohort": CohortConfig,
     "model": ModelConfig,
     "federation": FederationConfig,
     "privacy": PrivacyConfig,
+    "study": StudyConfig,
 }
 
 
@@ -297,5 +331,6 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=Config)
     cs.store(name="base_simulate", node=SimulateConfig)
+    cs.store(name="base_study_root", node=StudyRoot)
     for group, node in _GROUPS.items():
         cs.store(group=group, name=f"base_{group}", node=node)
