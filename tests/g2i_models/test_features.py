@@ -41,6 +41,15 @@ def test_inception_extractor_gives_2048_features(inception_file) -> None:
     assert not extractor.net.training
 
 
+def test_inception_file_without_batch_counters_loads(tmp_path, inception_file) -> None:
+    state = torch.load(inception_file, weights_only=True)
+    state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
+    torch.save(state, tmp_path / "old_style.pth")
+    reference = InceptionExtractor(inception_file)
+    x = torch.rand(1, 1, 32, 32)
+    assert torch.equal(InceptionExtractor(tmp_path / "old_style.pth")(x), reference(x))
+
+
 def test_missing_inception_file_names_path(tmp_path) -> None:
     path = tmp_path / "nope.pth"
     with pytest.raises(FeatureExtractorError, match="nope.pth") as err:
