@@ -100,6 +100,47 @@ def effect_slope(
     return {"slope": slope, "ci_low": float(lo), "ci_high": float(hi), "n": int(y.size)}
 
 
+def paired_effect_slope(
+    values: torch.Tensor | np.ndarray,
+    e4: torch.Tensor | np.ndarray,
+    groups: torch.Tensor | np.ndarray,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Mean of per-group OLS slopes with a bootstrap 95% CI over groups.
+
+    A group is one sampling seed seen at several e4 counts (N,) ids in ``groups``; the
+    differences within a group carry no sampling noise, so this CI is the one that says
+    whether a generator responds to e4 at all. In a design balanced over e4 (every group
+    at the same counts) the point estimate equals ``effect_slope``'s.
+
+    Returns:
+        {slope, ci_low, ci_high, n} with ``n`` the number of groups.
+    """
+    y = np.asarray(values, dtype=np.float64).ravel()
+    x = np.asarray(e4, dtype=np.float64).ravel()
+    g = np.asarray(groups).ravel()
+    if not y.shape == x.shape == g.shape:
+        raise EffectRecoveryError(f"values {y.shape}, e4 {x.shape}, groups {g.shape} differ")
+    slopes = []
+    for gid in np.unique(g):
+        sel = g == gid
+        if np.ptp(x[sel]) == 0:
+            raise EffectRecoveryError(f"group {gid!r} has a single e4 count; cannot pair")
+        xc = x[sel] - x[sel].mean()
+        slopes.append(float((xc * y[sel]).sum() / (xc**2).sum()))
+    per_group = np.asarray(slopes)
+    rng = np.random.default_rng(seed)
+    boots = per_group[rng.integers(0, per_group.size, (n_boot, per_group.size))].mean(axis=1)
+    lo, hi = np.percentile(boots, [2.5, 97.5])
+    return {
+        "slope": float(per_group.mean()),
+        "ci_low": float(lo),
+        "ci_high": float(hi),
+        "n": int(per_group.size),
+    }
+
+
 def _with_ratio(fit: dict[str, float], true_slope: float) -> dict[str, float]:
     """Add ratio = generated / true and its CI (the slope's CI bounds over the true slope)."""
     bounds = sorted((fit["ci_low"] / true_slope, fit["ci_high"] / true_slope))
@@ -140,9 +181,11 @@ def effect_recovery(
 
     Returns:
         ``slope``, ``ci_low``, ``ci_high``, ``n``, ``ratio``, ``ratio_ci_low``,
-        ``ratio_ci_high`` (pooled over diagnoses), ``true_slope``, ``cortical`` (slope fit of
-        the cortical CSF fraction), ``per_diagnosis`` {name: the same slope and ratio keys
-        plus ``cortical_slope``}, and tensors ``images`` (N, 1, H, W), ``e4`` (N,),
+        ``ratio_ci_high`` (pooled over diagnoses; the CI resamples images), ``paired`` (the
+        same keys from ``paired_effect_slope``: the CI resamples seeds and is free of
+        between-image variation), ``true_slope``, ``cortical`` (slope fit of the cortical
+        CSF fraction), ``per_diagnosis`` {name: the slope and ratio keys, ``paired`` and
+        ``cortical_slope``}, and tensors ``images`` (N, 1, H, W), ``e4`` (N,),
         ``labels`` (N,), ``ventricle_area_mm2`` (N,), ``cortical_csf_fraction`` (N,).
     """
     if true_slope == 0 or not np.isfinite(true_slope):
@@ -154,7 +197,7 @@ def effect_recovery(
             f"base_genotypes {tuple(base_genotypes.shape)} and labels {tuple(labels.shape)} "
             "must be (K, n_snps) and (K,)"
         )
-    images, e4s, dxs = [], [], []
+    images, e4s, dxs, seeds = [], [], [], []
     for dx in sorted(int(v) for v in torch.unique(labels)):
         bases = base_genotypes[labels == dx]
         picks = bases[torch.arange(n_samples) % bases.shape[0]]
@@ -165,8 +208,9 @@ def effect_recovery(
             images.append(x.float().cpu())
             e4s.append(torch.full((n_samples,), count, dtype=torch.long))
             dxs.append(y)
+            seeds.append(dx * n_samples + torch.arange(n_samples))
     x_all = torch.cat(images)
-    e4_all, dx_all = torch.cat(e4s), torch.cat(dxs)
+    e4_all, dx_all, pair = torch.cat(e4s), torch.cat(dxs), torch.cat(seeds)
     pixel_mm = pixel_mm_for(x_all.shape[-1]) if pixel_mm is None else pixel_mm
     m = measure(x_all, pixel_mm)
     area, cortex = m["ventricle_area_mm2"], m["cortical_csf_fraction"]
@@ -175,11 +219,14 @@ def effect_recovery(
         sel = dx_all == dx
         fit = _with_ratio(effect_slope(area[sel], e4_all[sel], n_boot, seed), true_slope)
         fit["cortical_slope"] = effect_slope(cortex[sel], e4_all[sel], n_boot, seed)["slope"]
+        paired = paired_effect_slope(area[sel], e4_all[sel], pair[sel], n_boot, seed)
+        fit["paired"] = _with_ratio(paired, true_slope)
         per_dx[CLASS_NAMES[dx] if dx < len(CLASS_NAMES) else str(dx)] = fit
     pooled = _with_ratio(effect_slope(area, e4_all, n_boot, seed), true_slope)
     return {
         **pooled,
         "true_slope": float(true_slope),
+        "paired": _with_ratio(paired_effect_slope(area, e4_all, pair, n_boot, seed), true_slope),
         "cortical": effect_slope(cortex, e4_all, n_boot, seed),
         "per_diagnosis": per_dx,
         "images": x_all,

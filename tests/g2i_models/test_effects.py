@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from g2i_models.effects import (
     effect_recovery,
     effect_slope,
     group_mean_differences,
+    paired_effect_slope,
     real_slope,
     save_difference_figure,
     save_e4_figure,
@@ -26,6 +28,16 @@ from g2i_models.pipeline import G2IPipeline
 from g2i_models.unet import build_denoiser
 from tests.g2i_models.test_morphometry import phantom
 from tests.g2i_models.tiny import IMAGE_SIZE, N_SNPS, tiny_model_config
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> Iterator[None]:
+    # Tiny networks: thread start-up and contention cost more than they save.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
 
 PANEL = ["rs429358"] + [f"rs{i}" for i in range(1, N_SNPS - 1)] + ["APOE_e4"]
 
@@ -55,6 +67,21 @@ def test_slope_of_planted_linear_data_and_ci_shrinks() -> None:
     # The CI narrows as 1/sqrt(n): 16x the data, about a quarter of the width.
     assert width[1] < 0.4 * width[0]
     assert effect_slope(-np.arange(6.0), np.arange(6) % 3)["slope"] < 0
+
+
+def test_paired_slope_removes_between_seed_variation() -> None:
+    rng = np.random.default_rng(1)  # a 95% CI misses 1 draw in 20 (seed 0 is one)
+    seed_offset = np.repeat(rng.normal(0, 500.0, 40), 3)  # large per-seed differences
+    e4 = np.tile([0, 1, 2], 40)
+    y = 1000.0 + seed_offset + 20.0 * e4 + rng.normal(0, 5.0, e4.size)
+    groups = np.repeat(np.arange(40), 3)
+    paired = paired_effect_slope(y, e4, groups, n_boot=500)
+    pooled = effect_slope(y, e4, n_boot=500)
+    assert paired["n"] == 40 and paired["slope"] == pytest.approx(pooled["slope"])
+    assert paired["ci_low"] < 20.0 < paired["ci_high"]
+    assert paired["ci_high"] - paired["ci_low"] < 0.1 * (pooled["ci_high"] - pooled["ci_low"])
+    with pytest.raises(EffectRecoveryError, match="single e4"):
+        paired_effect_slope(y[:4], np.array([0, 1, 2, 0]), np.array([0, 0, 0, 1]))
 
 
 def test_slope_needs_varying_e4() -> None:
@@ -144,6 +171,8 @@ def test_effect_recovery_end_to_end_on_a_tiny_pipeline() -> None:
     for fit in out["per_diagnosis"].values():
         assert np.isfinite([fit["slope"], fit["ratio"], fit["cortical_slope"]]).all()
     assert np.isfinite(out["cortical"]["slope"])
+    assert out["paired"]["n"] == 4 and out["paired"]["slope"] == pytest.approx(out["slope"])
+    assert np.isfinite([out["paired"][k] for k in ("ci_low", "ci_high", "ratio")]).all()
     assert out["images"].shape == (12, 1, IMAGE_SIZE, IMAGE_SIZE)
     assert out["e4"].tolist() == [0, 0, 1, 1, 2, 2] * 2
     assert out["labels"].tolist() == [0] * 6 + [2] * 6
@@ -161,3 +190,4 @@ def test_only_the_genotype_differs_between_e4_counts() -> None:
     assert torch.equal(x[0:2], x[2:4]) and torch.equal(x[0:2], x[4:6])
     assert not torch.equal(x[0], x[1])
     assert out["slope"] == 0.0 and out["ratio"] == 0.0
+    assert out["paired"]["ci_low"] == out["paired"]["ci_high"] == 0.0
