@@ -112,6 +112,20 @@ def receive_synthetic(msg: Message, context: Context) -> Message:
     )
 
 
+def evaluate_synthetic(msg: Message, context: Context) -> Message:
+    """Downstream classifier (real vs real + synthetic) and memorisation audit of the shared
+    synthetic set at this site: summary statistics and synthetic-set indices only."""
+    cfg = _config(context)
+    report = task.evaluate_synthetic(
+        _site(context, cfg),
+        task.evaluation_from_config(msg.content["config"]),
+        to_object(cfg.data),
+        to_object(cfg.model),
+        str(cfg.train.device),
+    )
+    return Message(RecordDict({k: MetricRecord(v) for k, v in report.items()}), reply_to=msg)
+
+
 def train(msg: Message, context: Context) -> Message:
     """Phase 1 or 2 local training, by the ``phase`` in the round's config."""
     cfg = _config(context)
@@ -179,6 +193,7 @@ def build_client_app(mods: Sequence[Mod] = ()) -> ClientApp:
     app.query("prepare")(prepare)
     app.query("latent_stats")(latent_stats)
     app.query("synthetic")(receive_synthetic)
+    app.query("evaluate_synthetic")(evaluate_synthetic)
     app.train(mods=[optional_clipping_mod])(train)
     app.evaluate()(evaluate)
     return app

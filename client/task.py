@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -20,15 +20,24 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from conf.schema import DataConfig, ModelConfig, PrivacyConfig, QCConfig, TrainConfig
+from conf.schema import (
+    DataConfig,
+    EvaluationConfig,
+    ModelConfig,
+    PrivacyConfig,
+    QCConfig,
+    TrainConfig,
+)
 from g2i_models.autoencoder import (
     build_autoencoder,
     latent_moments,
     latent_size,
     set_scale_factor,
 )
+from g2i_models.classifier import downstream_comparison
 from g2i_models.device import get_device
 from g2i_models.diffusion import build_noise_scheduler
+from g2i_models.memorisation import autoencoder_features, memorisation_audit
 from g2i_models.privacy import PrivacyLedger, finish_private, make_private, strip_private_prefix
 from g2i_models.train import (
     evaluate_autoencoder,
@@ -394,3 +403,135 @@ def store_synthetic(
     np.savez_compressed(out / "synthetic.npz", images=images, labels=labels, genotypes=genotypes)
     (out / "panel.json").write_text(json.dumps(panel))
     return out / "synthetic.npz"
+
+
+def load_synthetic(site: Site) -> tuple[torch.Tensor, torch.Tensor]:
+    """The shared synthetic set stored at the site: images (N, 1, H, W), labels (N,)."""
+    path = site.run_dir / "synthetic" / "synthetic.npz"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: the site has not received the synthetic set")
+    with np.load(path) as z:
+        return torch.from_numpy(z["images"]).float(), torch.from_numpy(z["labels"]).long()
+
+
+def split_images(site: Site, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images (N, 1, S, S) and labels (N,) of one prepared split (no subject IDs)."""
+    ds = load_site_dataset(site.prepared, split)
+    if len(ds) == 0:
+        raise ValueError(f"{site.prepared}: the {split!r} split is empty")
+    items = [ds[i] for i in range(len(ds))]
+    images = torch.stack([it["image"] for it in items])
+    if images.shape[1] != 1:
+        raise ValueError(f"{site.prepared}: {images.shape[1]} slices per subject; need 1")
+    return images, torch.stack([it["label"] for it in items])
+
+
+# ---- after generation: downstream classifier and memorisation audit --------------------
+
+Metric = int | float | list[int] | list[float]
+
+# The evaluation settings the server sends: EvaluationConfig field -> wire key.
+_EVALUATION_KEYS = {
+    "classifier_per_class": "classifier-per-class",
+    "classifier_epochs": "classifier-epochs",
+    "classifier_batch_size": "classifier-batch-size",
+    "classifier_lr": "classifier-lr",
+    "classifier_seeds": "classifier-seeds",
+    "audit_quantile": "audit-quantile",
+}
+
+
+def evaluation_to_config(cfg: EvaluationConfig) -> dict[str, Any]:
+    """The settings a site needs for ``evaluate_synthetic``, as plain ConfigRecord values."""
+    out = {wire: getattr(cfg, name) for name, wire in _EVALUATION_KEYS.items()}
+    out["classifier-seeds"] = [int(s) for s in cfg.classifier_seeds]
+    return out
+
+
+def evaluation_from_config(config: Mapping[str, Any]) -> EvaluationConfig:
+    """Inverse of ``evaluation_to_config`` (missing keys keep the defaults)."""
+    base = EvaluationConfig()
+    values = {
+        name: type(getattr(base, name))(config[wire])
+        for name, wire in _EVALUATION_KEYS.items()
+        if wire in config
+    }
+    if "classifier_seeds" in values:
+        values["classifier_seeds"] = [int(s) for s in values["classifier_seeds"]]
+    return replace(base, **values)
+
+
+def evaluate_synthetic(
+    site: Site, evaluation: EvaluationConfig, data: DataConfig, model_cfg: ModelConfig, device: str
+) -> dict[str, dict[str, Metric]]:
+    """Downstream classifier (train split, scored on the test split) with and without the
+    shared synthetic set, and the memorisation audit of that set against the training images
+    (test images as the baseline; features: the global autoencoder's encoder means).
+
+    Returns two flat metric dicts, ``downstream`` and ``memorisation`` (see
+    ``flatten_metrics``): summary statistics and synthetic-set indices only.
+    """
+    synth_x, synth_y = load_synthetic(site)
+    train_x, train_y = split_images(site, "train")
+    test_x, test_y = split_images(site, "test")
+    downstream = downstream_comparison(
+        train_x, train_y, test_x, test_y, synth_x, synth_y, evaluation, device
+    )
+    ae = frozen_autoencoder(site, data, model_cfg, 1.0)  # the scale does not touch the encoder
+    audit = memorisation_audit(
+        synth_x,
+        train_x,
+        test_x,
+        autoencoder_features(ae, get_device(device)),
+        evaluation.audit_quantile,
+    )
+    return {"downstream": flatten_metrics(downstream), "memorisation": flatten_metrics(audit)}
+
+
+def flatten_metrics(nested: Mapping[str, Any], prefix: str = "") -> dict[str, Metric]:
+    """Nested results -> MetricRecord values with ``/``-joined keys. A list of
+    ``{"synthetic_index", "distance"}`` (the audit's ``flagged``) becomes two lists,
+    ``<key>/synthetic_index`` and ``<key>/distance``; booleans become 0/1."""
+    out: dict[str, Metric] = {}
+    for k, v in nested.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(flatten_metrics(v, f"{key}/"))
+        elif k == "flagged":
+            out[f"{key}/synthetic_index"] = [int(f["synthetic_index"]) for f in v]
+            out[f"{key}/distance"] = [float(f["distance"]) for f in v]
+        elif isinstance(v, list | tuple):
+            out[key] = [x if isinstance(x, int) else float(x) for x in v]
+        elif isinstance(v, bool | np.bool_):
+            out[key] = int(v)
+        elif isinstance(v, int | np.integer):
+            out[key] = int(v)
+        else:
+            out[key] = float(v)
+    return out
+
+
+def unflatten_metrics(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """Inverse of ``flatten_metrics`` (the flagged lists come back as lists of dicts)."""
+    out: dict[str, Any] = {}
+    for key, v in flat.items():
+        *parents, leaf = key.split("/")
+        node = out
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = list(v) if isinstance(v, list | tuple) else v
+
+    def rebuild(node: dict[str, Any]) -> None:
+        for k, v in node.items():
+            if not isinstance(v, dict):
+                continue
+            if k == "flagged" and set(v) == {"synthetic_index", "distance"}:
+                node[k] = [
+                    {"synthetic_index": int(i), "distance": float(d)}
+                    for i, d in zip(v["synthetic_index"], v["distance"], strict=True)
+                ]
+            else:
+                rebuild(v)
+
+    rebuild(out)
+    return out

@@ -5,8 +5,9 @@ give on the pooled cohort and sends it back; sites build their datasets. Phase 1
 rounds. Between phases the sites return latent moments and the server sets the scale factor.
 Phase 2: SNP encoder + UNet rounds with the autoencoder frozen at the sites (only the trained
 parts travel). Then the server generates the synthetic set from the federated per-diagnosis
-genotype frequencies and shares it. Every round is checkpointed; rerunning a run folder
-resumes it.
+genotype frequencies and shares it; each site scores it (downstream classifier real vs real +
+synthetic, memorisation audit against its training images) and returns summaries only.
+Every round is checkpointed; rerunning a run folder resumes it.
 """
 
 from __future__ import annotations
@@ -24,7 +25,13 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.serverapp import Grid, ServerApp
 
 from client.records import error_summary, from_record, to_record
-from client.task import decision_to_arrays, load_wire, to_wire
+from client.task import (
+    decision_to_arrays,
+    evaluation_to_config,
+    load_wire,
+    to_wire,
+    unflatten_metrics,
+)
 from conf import load_config, to_object
 from g2i_models.autoencoder import (
     build_autoencoder,
@@ -32,6 +39,7 @@ from g2i_models.autoencoder import (
     scale_factor_from_moments,
     set_scale_factor,
 )
+from g2i_models.classifier import pool_sites
 from g2i_models.device import seed_everything
 from g2i_models.diffusion import build_noise_scheduler
 from g2i_models.pipeline import G2IPipeline, generate
@@ -269,6 +277,16 @@ def main(grid: Grid, context: Context) -> None:
     )
     fail("synthetic set", failed)
 
+    # -- each site scores the synthetic set on its own data ---------------------------------
+    evaluated, failed = broadcast(
+        grid,
+        sorted(shared),
+        "evaluate_synthetic",
+        RecordDict({"config": ConfigRecord(evaluation_to_config(to_object(cfg.evaluation)))}),
+    )
+    fail("synthetic evaluation", failed)
+    downstream, memorisation = _site_evaluations({names[k]: c for k, c in evaluated.items()})
+
     # -- report -------------------------------------------------------------------------------
     rounds = run.round_logs()
     n_sampled = max(fed.min_sites, int(round(fed.fraction_train * len(active))))
@@ -285,6 +303,8 @@ def main(grid: Grid, context: Context) -> None:
         "rounds": {"ae": run.rounds_done("ae"), "ldm": run.rounds_done("ldm")},
         "last_round_site_metrics": {p: r["site_metrics"] if r else {} for p, r in last.items()},
         "synthetic": {"per_class": n, "shared_with": [names[k] for k in shared]},
+        "downstream": downstream,
+        "memorisation": memorisation,
         "failures": events["failures"],
         "privacy": {"mode": privacy.mode, "delta": privacy.delta},
     }
@@ -293,6 +313,27 @@ def main(grid: Grid, context: Context) -> None:
     print(
         f"G2I-Fed run finished: {out} (sites {metrics['sites']}, "
         f"failures {list(events['failures'])})"
+    )
+
+
+def _site_evaluations(
+    replies: dict[str, RecordDict],
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """metrics.json's ``downstream`` (per site, and the across-site mean / SD of the sites'
+    seed means) and ``memorisation`` (per site, and the flagged synthetic indices by site)."""
+    down = {s: unflatten_metrics(dict(r["downstream"])) for s, r in sorted(replies.items())}
+    audit = {s: unflatten_metrics(dict(r["memorisation"])) for s, r in sorted(replies.items())}
+    flagged = {
+        s: {
+            space: [f["synthetic_index"] for f in a[space]["flagged"]]
+            for space in ("pixel", "features")
+            if space in a
+        }
+        for s, a in audit.items()
+    }
+    return (
+        {"sites": down, "across_sites": pool_sites(down) if down else {}},
+        {"sites": audit, "flagged_by_site": flagged},
     )
 
 

@@ -18,7 +18,8 @@ pytestmark = pytest.mark.skipif(not (BIN / "flwr").exists(), reason="flwr CLI no
 TINY = (
     "federation.min_sites=2 data.image_size=32 federation.rounds_ae=1 federation.rounds_ldm=1 "
     "train.batch_size=4 train.max_steps_ae=2 train.max_steps_ldm=2 model.sample_steps=2 "
-    "federation.synthetic_per_class=2 privacy=dp_sgd privacy.epsilon_budget=1000"
+    "federation.synthetic_per_class=2 privacy=dp_sgd privacy.epsilon_budget=1000 "
+    "evaluation.classifier_epochs=2 evaluation.classifier_per_class=12"
 )
 PTID = re.compile(r"\d{3}_S_\d{4}")
 
@@ -70,6 +71,32 @@ def test_run_folder_holds_model_synthetic_set_and_plots(federation: dict[str, Pa
     )
 
 
+def test_sites_score_the_synthetic_set(federation: dict[str, Path]) -> None:
+    m = json.loads((federation["run"] / "metrics.json").read_text())
+    down, mem = m["downstream"], m["memorisation"]
+    assert sorted(down["sites"]) == sorted(mem["sites"]) == ["site-0", "site-1"]
+    for site, d in down["sites"].items():
+        assert d["seeds"] == [0, 1, 2] and d["n_test"] > 0
+        for cls in ("CN", "MCI", "AD"):
+            c = d["counts"][cls]
+            # 2 synthetic images per class: topped up to 12, reusing them when short.
+            assert c["real"] + c["synthetic"] == max(12, c["real"])
+        for arm in ("real", "augmented"):
+            assert 0.0 <= d[arm]["accuracy"]["mean"] <= 1.0
+            assert len(d[arm]["macro_f1"]["values"]) == 3
+        audit = mem["sites"][site]
+        assert audit["n_synthetic"] == 6 and audit["quantile"] == 0.05
+        for space in ("pixel", "features"):
+            flagged = [f["synthetic_index"] for f in audit[space]["flagged"]]
+            assert mem["flagged_by_site"][site][space] == flagged
+            assert all(0 <= i < 6 for i in flagged)
+    pooled = down["across_sites"]
+    assert pooled["sites"] == ["site-0", "site-1"]
+    assert pooled["real"]["accuracy"]["mean"] == pytest.approx(
+        np.mean([d["real"]["accuracy"]["mean"] for d in down["sites"].values()])
+    )
+
+
 def test_privacy_ledger_accumulates_over_rounds_and_phases(federation: dict[str, Path]) -> None:
     ledger = pd.read_csv(federation["run"] / "privacy_ledger.csv")
     assert set(ledger.site) == {"site-0", "site-1"}
@@ -93,6 +120,7 @@ def test_only_weights_counts_and_metrics_leave_a_site(federation: dict[str, Path
         "query.prepare",
         "query.latent_stats",
         "query.synthetic",
+        "query.evaluate_synthetic",
         "train",
         "evaluate",
     }
@@ -119,6 +147,12 @@ def test_only_weights_counts_and_metrics_leave_a_site(federation: dict[str, Path
                         {"per-dx"},
                     )
                     assert arrays["per-dx"]["shape"][0] == 3  # counts per diagnosis
+            if r["message_type"] == "query.evaluate_synthetic":
+                # Summaries and indices into the 6-image synthetic set, nothing per subject.
+                assert set(r["metrics"]) == {"downstream", "memorisation"}
+                for record in r["metrics"].values():
+                    for value in record.values():
+                        assert isinstance(value, int | float) or len(value) <= 6
             for name, config in r["configs"].items():
                 if name == "panel":
                     assert set(config["snps"]) <= catalog
