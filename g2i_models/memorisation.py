@@ -3,7 +3,10 @@
 Each synthetic image's nearest training image is compared with what "near" means for real
 data: the distances from real held-out (test) images to their nearest training image. A
 synthetic image closer to the training set than the ``quantile`` of that baseline is
-flagged. The audit runs in pixel space and, optionally, in a feature space (in the
+flagged. A generator that draws fresh images from the real distribution has about
+``quantile`` of its images flagged by chance, so read ``fraction_flagged`` against
+``quantile``, and the flagged images themselves (exact copies sit at distance 0). The audit
+runs in pixel space and, optionally, in a feature space (in the
 federation: the global autoencoder's encoder means, which every site holds, so the features
 are the same everywhere without sharing data).
 
