@@ -35,6 +35,8 @@ class SyntheticSliceDataset(Dataset):
         if n_snps < 2:
             raise ValueError("SyntheticSliceDataset needs n_snps >= 2")
         self.n, self.image_size, self.n_snps, self.seed = n, image_size, n_snps, seed
+        # Named like a prepared panel, so APOE-aware evaluation finds column 0.
+        self.snp_names = ["APOE_e4", *(f"snp{i}" for i in range(1, n_snps))]
         g = torch.Generator().manual_seed(seed)
         self.maf = 0.1 + 0.35 * torch.rand(n_snps, generator=g)
         self.maf[0] = 0.15  # APOE e4 allele frequency
@@ -122,6 +124,30 @@ def site_folders(root: Path) -> list[Path]:
             "or train on the built-in synthetic test data with data.source=synthetic"
         )
     return sites
+
+
+def load_split(cfg: DataConfig, split: str, seed: int = 0) -> Dataset:
+    """One split ("train", "val" or "test") of ``cfg.source``, pooled over the prepared sites
+    under ``cfg.root``; the synthetic source draws a separate set per split."""
+    if cfg.source == "synthetic":
+        offset = {"train": 0, "val": 1, "test": 2}[split]
+        n = 160 if split == "train" else max(8, math.ceil(160 * cfg.val_fraction))
+        return SyntheticSliceDataset(n, cfg.image_size, seed=seed + offset)
+    if cfg.source != "site":
+        raise ValueError(f"unknown data.source={cfg.source!r}; use 'site' or 'synthetic'")
+    load_site_dataset = _site_loader()
+    parts = [load_site_dataset(site, split) for site in site_folders(Path(cfg.root))]
+    return parts[0] if len(parts) == 1 else ConcatDataset(parts)
+
+
+def snp_names(dataset: Dataset) -> list[str]:
+    """The panel (SNP column names) of a prepared dataset, or of the first of a pooled one."""
+    while isinstance(dataset, ConcatDataset):
+        dataset = dataset.datasets[0]
+    names = getattr(dataset, "snp_names", None)
+    if names is None:
+        raise ValueError(f"{type(dataset).__name__} does not name its SNP columns (snp_names)")
+    return list(names)
 
 
 def load_datasets(cfg: DataConfig, seed: int = 0) -> tuple[Dataset, Dataset]:
