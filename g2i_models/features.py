@@ -15,8 +15,14 @@ Two kinds, chosen by ``evaluation.feature_extractor``:
     :class:`InDomainExtractor`, a small CNN trained by :func:`train_in_domain_extractor` on the
     real *training* slices of the run (never on test or generated images). Architecture: the
     slice scaled to [-1, 1], four blocks of [3x3 conv stride 2, GroupNorm, SiLU, 3x3 conv,
-    GroupNorm, SiLU] with 32, 64, 128, 128 channels (H -> H / 16), a global average pool
-    giving ``num_features`` = 128 features, and a linear 3-class head used only in training.
+    GroupNorm, SiLU] with 32, 64, 128, 128 channels (H -> H / 16), an average pool to a 4 x 4
+    grid (so where things are in the slice still counts), flattened and projected linearly to
+    ``num_features`` = 128 features, and a linear 3-class head on them used only in training.
+    After training, each feature is standardised with its mean and SD over the training
+    slices (stored with the model), so distances and FIDs are in units of the real data's
+    own variation between slices (brain slices differ little, and raw FIDs would be tiny).
+    (A global average pool right after GroupNorm would give nearly the same vector for every
+    slice: the norm removes each group's spatial mean.)
     Objective: diagnosis (CN / MCI / AD) cross-entropy, AdamW, with light augmentation (random
     shifts of up to H / 16 pixels and left-right flips). Its features therefore measure what
     separates diagnoses in this data set (ventricle size, atrophy) rather than natural-image
@@ -166,6 +172,8 @@ class InDomainArchitecture:
     channels: list[int] = field(default_factory=lambda: [32, 64, 128, 128])
     norm_groups: int = 8
     num_classes: int = 3
+    pool_grid: int = 4
+    num_features: int = 128
 
 
 def _block(c_in: int, c_out: int, groups: int) -> nn.Sequential:
@@ -195,26 +203,36 @@ class InDomainExtractor(FeatureExtractor):
         super().__init__()
         self.arch = arch or InDomainArchitecture()
         self.name = name
-        self.num_features = self.arch.channels[-1]
+        self.num_features = self.arch.num_features
         self.training_record = training_record
         widths = [1, *self.arch.channels]
         self.body = nn.Sequential(
             *(_block(a, b, self.arch.norm_groups) for a, b in zip(widths, widths[1:], strict=False))
         )
+        grid = self.arch.pool_grid
+        self.pool = nn.AdaptiveAvgPool2d(grid)
+        self.project = nn.Linear(self.arch.channels[-1] * grid * grid, self.num_features)
         self.head = nn.Linear(self.num_features, self.arch.num_classes)
+        # Per-feature mean and SD over the training slices, set after training.
+        self.register_buffer("feature_mean", torch.zeros(self.num_features))
+        self.register_buffer("feature_scale", torch.ones(self.num_features))
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.embed(x) - self.feature_mean) / self.feature_scale
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 1, H, W) in [0, 1] -> (B, num_features) projections before standardisation."""
         size = self.arch.image_size
         if x.shape[-2:] != (size, size):
             raise ValueError(
                 f"{self.name} was trained on {size}x{size} slices, got {tuple(x.shape[-2:])}; "
                 "use an extractor trained at this image size (evaluation.in_domain_dir='')"
             )
-        return self.body(x * 2.0 - 1.0).mean(dim=(2, 3))
+        return self.project(self.pool(self.body(x * 2.0 - 1.0)).flatten(1))
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 1, H, W) in [0, 1] -> (B, num_classes) diagnosis logits (training only)."""
-        return self.head(self(x))
+        return self.head(F.silu(self.embed(x)))
 
     def save_pretrained(self, folder: str | Path) -> Path:
         """Write ``config.json`` + ``model.safetensors``; ``name`` becomes "in-domain:<folder>"."""
@@ -318,11 +336,16 @@ def train_in_domain_extractor(
         epoch_loss = total / count
         bar.set_postfix(loss=f"{epoch_loss:.3f}")
     model.eval()
-    correct = 0
+    correct, embedded = 0, []
     with torch.no_grad():
         for batch in DataLoader(train_set, batch_size=batch_size):
-            pred = model.logits(batch["image"].float().to(dev)).argmax(1).cpu()
+            x = batch["image"].float().to(dev)
+            pred = model.logits(x).argmax(1).cpu()
             correct += int((pred == batch["label"].long()).sum())
+            embedded.append(model.embed(x))
+    f = torch.cat(embedded)
+    model.feature_mean.copy_(f.mean(0))
+    model.feature_scale.copy_(f.std(0).clamp(min=1e-6) if len(f) > 1 else torch.ones_like(f[0]))
     model.training_record = {
         "objective": "diagnosis cross-entropy (CN / MCI / AD)",
         "augmentation": f"random shifts up to {max_shift} px (zero fill), left-right flips",
@@ -334,6 +357,7 @@ def train_in_domain_extractor(
         "n_train": n_train,
         "final_train_loss": epoch_loss,
         "final_train_accuracy": correct / n_train,
+        "features": "standardised with the training slices' per-feature mean and SD",
     }
     return model
 

@@ -109,6 +109,16 @@ def test_in_domain_training_is_recorded_and_seeded(trained, train_set) -> None:
     assert torch.equal(extract_features(trained, x), extract_features(again, x))
 
 
+def test_in_domain_features_are_standardised_and_spread(trained, train_set) -> None:
+    # Standardised over the training slices: mean 0, SD 1 per feature. Slices that look
+    # alike must still get distinct features (a global pool after GroupNorm would not).
+    f = extract_features(trained, _images(train_set, len(train_set))).double()
+    assert torch.allclose(f.mean(0), torch.zeros(128, dtype=torch.float64), atol=1e-4)
+    assert torch.allclose(f.std(0), torch.ones(128, dtype=torch.float64), atol=1e-3)
+    pairwise = torch.cdist(f, f)
+    assert float(pairwise[~torch.eye(len(f), dtype=torch.bool)].min()) > 0.5
+
+
 def test_in_domain_round_trip(trained, train_set, tmp_path) -> None:
     x = _images(train_set, 8)
     before = extract_features(trained, x)
