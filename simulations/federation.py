@@ -84,7 +84,8 @@ def run_federation(
     the ServerApp failed).
     """
     run_dir = Path(run_dir).resolve()
-    quoted = " ".join([*overrides, f"run_dir={run_dir}"])
+    items = [o for o in overrides if not o.startswith("run_dir=")]
+    quoted = " ".join([*items, f"run_dir={run_dir}"])
     if "'" in quoted:
         raise ValueError(f"overrides must not contain single quotes: {quoted}")
     config = f"experiment='{experiment}' overrides='{quoted}'"
