@@ -246,6 +246,17 @@ def write_report(results: dict[str, Any], cfg: Any, out: Path) -> Path:
         eps = epsilon_of(entry)
         if eps is not None:
             lines += [f"ε spent: {eps:.2f}", ""]
+        sites = _get(entry, "training", "site_downstream", "across_sites")
+        if sites:
+            lines += [
+                "At the sites (each trains on its own split, tests on its own held-out images; "
+                "mean ± SD across sites, %): accuracy real "
+                f"{_mean_sd(_get(sites, 'real', 'accuracy'))}, real + synthetic "
+                f"{_mean_sd(_get(sites, 'augmented', 'accuracy'))}; macro-F1 real "
+                f"{_mean_sd(_get(sites, 'real', 'macro_f1'))}, real + synthetic "
+                f"{_mean_sd(_get(sites, 'augmented', 'macro_f1'))}.",
+                "",
+            ]
         down = ev.get("downstream")
         if down:
             lines += [
