@@ -56,13 +56,14 @@ class Cell:
 
 
 def study_cells(study: StudyConfig) -> list[Cell]:
-    """Federated cells first: the first federation prepares the sites' datasets that the
+    """Privacy levels in turn (the comparison without DP is complete first), federated cells
+    before centralized ones: the first federation prepares the sites' datasets that the
     centralized cells then pool."""
     for mode in study.modes:
         if mode not in MODES:
             raise ValueError(f"study.modes: unknown mode {mode!r}; use {list(MODES)}")
     order = sorted(study.modes, key=lambda m: m != "federated")
-    return [Cell(v, m, p) for m in order for p in study.privacy for v in study.variants]
+    return [Cell(v, m, p) for p in study.privacy for m in order for v in study.variants]
 
 
 def cell_overrides(cell: Cell, study: StudyConfig, data_root: Path, run_dir: Path) -> list[str]:

@@ -38,11 +38,12 @@ TINY = [
 ]
 
 
-def test_cells_cover_the_grid_federated_first() -> None:
+def test_cells_cover_the_grid_without_dp_first_federated_first() -> None:
     study = to_object(load_config(config_name="study").study)
     cells = study_cells(study)
     assert len(cells) == 4 * 2 * 2 and len(set(cells)) == 16
-    assert all(c.mode == "federated" for c in cells[:8])
+    assert [c.mode for c in cells[:8]] == ["federated"] * 4 + ["centralized"] * 4
+    assert all(c.privacy == "none" for c in cells[:8])
     assert Cell("g2i", "centralized", "dp_sgd") in cells
     study.modes = ["centralised"]
     with pytest.raises(ValueError, match="unknown mode 'centralised'"):
