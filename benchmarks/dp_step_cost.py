@@ -6,8 +6,10 @@ gradients, clipping, noise) exactly as a federated site does in ``client.task._l
 the autoencoder is driven through the wrapper's inner module, the LDM (SNP encoder + UNet,
 autoencoder frozen) through the wrapper. Repeats alternate normal and private (order flipped
 every repeat) so that load from other jobs hits both alike; the table gives median seconds
-per step and their ratio. Peak memory: each (model, mode) once more in a fresh process,
-the peak RSS (VmHWM) after a few steps, minus the RSS once the models are built.
+per step and their ratio. Peak memory: each (model, mode) once more in a fresh process:
+its peak RSS (VmHWM) after ``--steps`` steps, and that peak minus the RSS once the models
+are built. On two shared cores, ``--threads 1`` keeps other jobs from stalling torch's
+threads (the paper-64 LDM pairs at 2 threads under load were not resolved).
 
 Presets: ``tiny`` (64x64, batch 8; the default, about a minute on two quiet cores) and
 ``paper-64`` (the paper's channel widths on 64x64 slices, batch 4; about 10 minutes with the
