@@ -43,6 +43,7 @@ def _prepared_site(root: Path) -> tuple[task.Site, np.ndarray]:
     images = rng.random((18, 1, IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
     np.save(site.prepared / "images.npy", images)
     np.save(site.prepared / "genotypes.npy", rng.integers(0, 3, (18, 2)).astype(np.int8))
+    torch.manual_seed(0)
     ae = build_autoencoder(tiny_model_config(), IMAGE_SIZE)
     site.run_dir.mkdir(parents=True)
     np.savez(site.run_dir / "autoencoder.npz", **task.to_wire(ae.state_dict()))
@@ -99,7 +100,9 @@ def test_site_reply_holds_only_summaries(tmp_path: Path) -> None:
     assert len(down["real"]["macro_f1"]["values"]) == 2
     audit = task.unflatten_metrics(report["memorisation"])
     assert (audit["n_synthetic"], audit["n_train"], audit["n_test"]) == (9, 12, 6)
-    for space in ("pixel", "features"):  # features: the global autoencoder's encoder means
+    # Pixels: the planted copy and nothing else. Features (the global autoencoder's encoder
+    # means, here an untrained one): the copy at distance 0, first in the list.
+    assert [f["synthetic_index"] for f in audit["pixel"]["flagged"]] == [0]
+    for space in ("pixel", "features"):
         flagged = audit[space]["flagged"]
-        assert [f["synthetic_index"] for f in flagged] == [0]
-        assert flagged[0]["distance"] < 1e-6
+        assert flagged[0]["synthetic_index"] == 0 and flagged[0]["distance"] < 1e-6
