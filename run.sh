@@ -43,5 +43,11 @@ print(f"federation OK: sites {m['sites']}, {m['rounds']} rounds, latent scale "
       f"{m['latent_scale_factor']:.3f}")
 for site, s in sorted(ae.items()):
     print(f"  {site}: autoencoder val PSNR {s.get('val-psnr', float('nan')):.2f} dB")
+down = m.get("downstream", {}).get("across_sites", {})
+if down:
+    acc = {arm: down[arm]["accuracy"]["mean"] for arm in ("real", "augmented")}
+    print(f"  site classifiers (CN/MCI/AD, own test split): accuracy {acc['real']:.3f} real, "
+          f"{acc['augmented']:.3f} real + synthetic (mean over sites)")
 print(f"model: {run / 'model'}; synthetic set: {run / 'synthetic'}; plots: {run / 'rounds.png'}")
+print(f"next: g2i-evaluate experiment=fed_tiny run_dir={run} (image metrics, APOE e4 effect)")
 PY
