@@ -38,7 +38,13 @@ from g2i_models.classifier import downstream_comparison
 from g2i_models.device import get_device
 from g2i_models.diffusion import build_noise_scheduler
 from g2i_models.memorisation import autoencoder_features, memorisation_audit
-from g2i_models.privacy import PrivacyLedger, finish_private, make_private, strip_private_prefix
+from g2i_models.privacy import (
+    PrivacyLedger,
+    finish_private,
+    make_private,
+    planned_steps,
+    strip_private_prefix,
+)
 from g2i_models.train import (
     evaluate_autoencoder,
     evaluate_ldm,
@@ -221,7 +227,7 @@ def _local_run(
     if privacy.mode != "dp_sgd":
         return None, loader, opt, reference, None
     ledger = PrivacyLedger.load(site.run_dir / "privacy_ledger.json")
-    steps = _planned_steps(loader, epochs, max_steps)
+    steps = planned_steps(len(loader), epochs, max_steps)
     run = make_private(model, opt, loader, privacy, ledger, steps, spec.total_dp_steps)
     return run, loader, opt, reference, ledger
 
@@ -279,11 +285,6 @@ def train_autoencoder_round(
     )
     metrics.update(_privacy_metrics(site, run, ledger, privacy))
     return to_wire(model.state_dict()), metrics
-
-
-def _planned_steps(loader: DataLoader, epochs: int, max_steps: int) -> int:
-    steps = epochs * len(loader)
-    return min(steps, max_steps) if max_steps > 0 else steps
 
 
 def latent_stats(

@@ -26,7 +26,13 @@ from g2i_models.device import get_device, seed_everything
 from g2i_models.diffusion import build_noise_scheduler
 from g2i_models.pipeline import G2IPipeline, generate
 from g2i_models.plots import CLASS_NAMES, save_loss_curves, save_sample_grid
-from g2i_models.privacy import PrivacyLedger, PrivateRun, finish_private, make_private
+from g2i_models.privacy import (
+    PrivacyLedger,
+    PrivateRun,
+    finish_private,
+    make_private,
+    planned_steps,
+)
 from g2i_models.snp_encoder import MISSING_GENOTYPE
 from g2i_models.train import evaluate_autoencoder, evaluate_ldm, train_autoencoder, train_ldm
 from g2i_models.unet import build_denoiser
@@ -105,8 +111,8 @@ def train_centralized(
         raise ValueError("privacy.mode=dp_sgd does not support train.adv_weight > 0")
     # One accountant over both phases; target_epsilon is spread over all their steps.
     ledger = PrivacyLedger()
-    steps = _planned_steps(len(train_loader), train_cfg.ae_epochs, train_cfg.max_steps_ae)
-    total_steps = steps + _planned_steps(
+    steps = planned_steps(len(train_loader), train_cfg.ae_epochs, train_cfg.max_steps_ae)
+    total_steps = steps + planned_steps(
         len(train_loader), train_cfg.ldm_epochs, train_cfg.max_steps_ldm
     )
     private_run = partial(
@@ -154,7 +160,7 @@ def train_centralized(
     ema = EMAModel(denoiser.parameters(), decay=train_cfg.ema_decay)
     metrics["ldm_val_mse_before"] = evaluate_ldm(denoiser, ae, scheduler, val_loader, device)["mse"]
     ldm_history: list[dict[str, float]] = []
-    steps = _planned_steps(len(train_loader), train_cfg.ldm_epochs, train_cfg.max_steps_ldm)
+    steps = planned_steps(len(train_loader), train_cfg.ldm_epochs, train_cfg.max_steps_ldm)
     private = private_run(denoiser, train_cfg.lr_ldm, steps)
     train_ldm(
         private.module if private else denoiser,
@@ -213,11 +219,6 @@ def train_centralized(
     )
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
-
-
-def _planned_steps(batches_per_epoch: int, epochs: int, max_steps: int) -> int:
-    steps = epochs * batches_per_epoch
-    return min(steps, max_steps) if max_steps > 0 else steps
 
 
 def _private(

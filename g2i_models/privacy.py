@@ -60,6 +60,12 @@ class PrivacyLedger:
         return int(sum(h[2] for h in self.history))
 
 
+def planned_steps(batches_per_epoch: int, epochs: int, max_steps: int) -> int:
+    """Optimiser steps of one local run: ``epochs`` passes, capped by ``max_steps`` when > 0."""
+    steps = epochs * batches_per_epoch
+    return min(steps, max_steps) if max_steps > 0 else steps
+
+
 def noise_for(cfg: PrivacyConfig, sample_rate: float, total_steps: int) -> float:
     """The noise multiplier: ``cfg.noise_multiplier``, or the one that reaches
     ``cfg.target_epsilon`` after ``total_steps`` steps at ``sample_rate`` (all rounds)."""

@@ -43,6 +43,7 @@ from g2i_models.classifier import pool_sites
 from g2i_models.device import seed_everything
 from g2i_models.diffusion import build_noise_scheduler
 from g2i_models.pipeline import G2IPipeline, generate
+from g2i_models.privacy import planned_steps
 from g2i_models.synthetic import genotype_frequencies, sample_profiles, write_synthetic_set
 from g2i_models.unet import build_denoiser
 from preprocessing.federated_qc import SiteCounts, federated_variant_qc
@@ -348,12 +349,8 @@ def _total_dp_steps(
     """Largest number of local DP-SGD steps any site takes over both phases."""
     n_train = max(int(prepared[n]["counts"]["n-train"]) for n in active)
     per_epoch = max(1, n_train // max(1, min(train_cfg.batch_size, n_train)))
-    ae = fed.rounds_ae * train_cfg.ae_epochs * per_epoch
-    ldm = fed.rounds_ldm * train_cfg.ldm_epochs * per_epoch
-    if train_cfg.max_steps_ae > 0:
-        ae = min(ae, fed.rounds_ae * train_cfg.max_steps_ae)
-    if train_cfg.max_steps_ldm > 0:
-        ldm = min(ldm, fed.rounds_ldm * train_cfg.max_steps_ldm)
+    ae = fed.rounds_ae * planned_steps(per_epoch, train_cfg.ae_epochs, train_cfg.max_steps_ae)
+    ldm = fed.rounds_ldm * planned_steps(per_epoch, train_cfg.ldm_epochs, train_cfg.max_steps_ldm)
     return ae + ldm
 
 
