@@ -27,9 +27,7 @@ import math
 import os
 import re
 import shutil
-import signal
 import subprocess
-import sys
 import tempfile
 import time
 from datetime import datetime
@@ -42,24 +40,9 @@ import g2i_models.baseline as baseline
 from conf.loader import load_config, to_object
 from g2i_models.datasets import load_datasets
 from g2i_models.pipeline import library_versions
+from simulations.federation import BIN, REPO, stop_local_superlink
 
-REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 STAMP = re.compile(r"^(\d\d/\d\d/\d{4} \d\d:\d\d:\d\d):(?:INFO|DEBUG|WARNING):(.*)$")
-
-
-def stop_local_superlink(flwr_home: Path) -> None:
-    """``flwr run`` leaves its local SuperLink running; stop the one started with our home."""
-    for proc in Path("/proc").iterdir():
-        try:
-            cmd = (proc / "cmdline").read_bytes().decode(errors="ignore")
-        except OSError:
-            continue
-        if str(flwr_home) in cmd and ("flower-superlink" in cmd or "flower-superexec" in cmd):
-            try:
-                os.kill(int(proc.name), signal.SIGTERM)
-            except ProcessLookupError:
-                pass
 
 
 def run_federation(
