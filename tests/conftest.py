@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,6 +23,17 @@ def small_cohort_config(**changes: object) -> CohortConfig:
     )
     base = replace(cfg, subjects_per_site=[48, 40, 52], n_background_snps=600, workers=1)
     return replace(base, **changes)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """One torch thread for a module's tests, restored after (use with pytestmark)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,13 +16,8 @@ from conf.schema import DataConfig, EvaluationConfig
 from g2i_models.autoencoder import build_autoencoder
 from tests.g2i_models.tiny import IMAGE_SIZE, tiny_model_config
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# Tiny networks: thread start-up and contention cost more than they save.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _prepared_site(root: Path) -> tuple[task.Site, np.ndarray]:

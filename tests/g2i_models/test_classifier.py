@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import replace
 
 import numpy as np
@@ -19,14 +18,8 @@ from g2i_models.classifier import (
     train_classifier,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    # Tiny networks: thread start-up and contention cost more than they save.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# Tiny networks: thread start-up and contention cost more than they save.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def separable(n_per_class: int, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

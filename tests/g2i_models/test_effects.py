@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -29,14 +28,8 @@ from g2i_models.unet import build_denoiser
 from tests.g2i_models.test_morphometry import phantom
 from tests.g2i_models.tiny import IMAGE_SIZE, N_SNPS, tiny_model_config
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    # Tiny networks: thread start-up and contention cost more than they save.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# Tiny networks: thread start-up and contention cost more than they save.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 PANEL = ["rs429358"] + [f"rs{i}" for i in range(1, N_SNPS - 1)] + ["APOE_e4"]

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -10,14 +9,8 @@ import torch
 
 from g2i_models.memorisation import memorisation_audit, nearest_neighbours
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    # Tiny networks: thread start-up and contention cost more than they save.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# Tiny networks: thread start-up and contention cost more than they save.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def numpy_nearest(q: np.ndarray, r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

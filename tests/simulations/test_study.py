@@ -10,22 +10,13 @@ from conf import load_config, to_object
 from simulations.study import Cell, centralized_overrides, main, study_cells
 from simulations.study_report import cell_row, epsilon_of, table_markdown
 
+from ..g2i_models.test_cli import TINY as CLI_TINY
+
+# The CLI tests' tiny model at 32 px (the in-domain extractor and MS-SSIM need room), with a
+# CPU-seconds evaluation.
 TINY = [
-    "data.source=synthetic",
+    *CLI_TINY,
     "data.image_size=32",
-    "model.ae_channels=[8,16,16]",
-    "model.ae_norm_groups=4",
-    "model.unet_channels=[16,32]",
-    "model.unet_norm_groups=4",
-    "model.unet_attention_levels=[false,true]",
-    "model.snp_embed_dim=16",
-    "model.snp_depth=1",
-    "model.snp_heads=2",
-    "model.sample_steps=2",
-    "train.max_steps_ae=2",
-    "train.max_steps_ldm=2",
-    "train.samples_per_class=2",
-    "train.scale_batches=2",
     "evaluation.samples_per_class=4",
     "evaluation.in_domain_epochs=1",
     "evaluation.effect_samples=2",
