@@ -24,13 +24,18 @@ from g2i_models.pipeline import G2IPipeline, generate
 from g2i_models.plots import CLASS_NAMES, save_sample_grid
 
 
-def train_main(argv: Sequence[str] | None = None) -> int:
-    """``g2i-train [hydra overrides...]``: train, then write the run folder (``run_dir``)."""
+def setup_logging() -> None:
+    """INFO logs of the project's console scripts, diffusers' own at ERROR."""
     # force: importing opacus already installed a root handler at WARNING.
     logging.basicConfig(
         level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", force=True
     )
     diffusers_logging.set_verbosity_error()
+
+
+def train_main(argv: Sequence[str] | None = None) -> int:
+    """``g2i-train [hydra overrides...]``: train, then write the run folder (``run_dir``)."""
+    setup_logging()
     cfg = load_config(None, list(sys.argv[1:] if argv is None else argv))
     try:
         train_set, val_set = load_datasets(to_object(cfg.data), seed=cfg.seed)

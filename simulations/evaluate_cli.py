@@ -14,16 +14,14 @@ truth folder is ``evaluation.truth_dir``, else ``<data.root>/truth`` when it exi
 
 from __future__ import annotations
 
-import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from diffusers.utils import logging as diffusers_logging
-
 from conf.loader import load_config, to_object
 from conf.schema import DataConfig, EvaluationConfig
+from g2i_models.cli import setup_logging
 from g2i_models.datasets import DataSourceError, load_split, snp_names
 from g2i_models.device import get_device
 from g2i_models.evaluation import evaluate_model
@@ -116,10 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if any(a in ("-h", "--help") for a in args):
         print(USAGE)
         return 0
-    logging.basicConfig(
-        level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", force=True
-    )
-    diffusers_logging.set_verbosity_error()
+    setup_logging()
     cfg = load_config(None, args)
     try:
         result = run_evaluation(cfg)

@@ -26,11 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from diffusers.utils import logging as diffusers_logging
-
 from conf.loader import load_config, to_object
 from conf.schema import StudyConfig
 from g2i_models.baseline import train_centralized
+from g2i_models.cli import setup_logging
 from g2i_models.datasets import DataSourceError, load_split
 from g2i_models.evaluation import to_jsonable
 from g2i_models.features import build_extractor
@@ -213,10 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if any(a in ("-h", "--help") for a in args):
         print(__doc__)
         return 0
-    logging.basicConfig(
-        level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", force=True
-    )
-    diffusers_logging.set_verbosity_error()
+    setup_logging()
     cfg = load_config(config_name="study", overrides=args)
     if "federated" in cfg.study.modes and not (Path(cfg.data_root) / "cohort.json").is_file():
         print(
