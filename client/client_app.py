@@ -48,6 +48,7 @@ def _spec(config: ConfigRecord) -> task.RoundSpec:
         proximal_mu=float(config.get("proximal-mu", 0.0)),
         seed=int(config.get("seed", 0)),
         total_dp_steps=int(config.get("total-dp-steps", 0)),
+        round=int(config.get("server-round", 0)) + int(config.get("round-offset", 0)),
     )
 
 
@@ -55,7 +56,7 @@ def census(msg: Message, context: Context) -> Message:
     """Aggregate counts: subjects per diagnosis, scans, genotyped samples."""
     cfg = _config(context)
     site_dir = site_data_path(context.node_config, cfg.data.root)
-    counts = site_census(site_dir)
+    counts = site_census(site_dir, to_object(cfg.data))
     content = RecordDict(
         {"census": MetricRecord(counts), "site": ConfigRecord({"name": site_dir.name})}
     )

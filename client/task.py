@@ -34,24 +34,14 @@ from g2i_models.autoencoder import (
     latent_size,
     set_scale_factor,
 )
+from g2i_models.baseline import e4_columns_of
 from g2i_models.classifier import downstream_comparison
 from g2i_models.device import get_device
 from g2i_models.diffusion import build_noise_scheduler
+from g2i_models.local_training import derive_seed, make_loader, train_local
 from g2i_models.memorisation import autoencoder_features, memorisation_audit
-from g2i_models.privacy import (
-    PrivacyLedger,
-    finish_private,
-    make_private,
-    planned_steps,
-    strip_private_prefix,
-)
-from g2i_models.train import (
-    evaluate_autoencoder,
-    evaluate_ldm,
-    snapshot,
-    train_autoencoder,
-    train_ldm,
-)
+from g2i_models.privacy import PrivacyLedger, strip_private_prefix
+from g2i_models.train import condition_use, evaluate_autoencoder, evaluate_ldm
 from g2i_models.unet import build_denoiser
 from preprocessing.dataset import LABELS, MISSING_CODE, load_site_dataset, prepare_site
 from preprocessing.federated_qc import FederatedQCResult, site_counts
@@ -150,6 +140,7 @@ class PanelView(Dataset):
 
     def __init__(self, base: Dataset, snp_names: list[str], panel: list[str]) -> None:
         self.base = base
+        self.snp_names = list(panel)
         pos = {s: i for i, s in enumerate(snp_names)}
         self.index = torch.tensor([pos.get(s, -1) for s in panel])
 
@@ -198,53 +189,58 @@ class RoundSpec:
     phase: str  # "ae" or "ldm"
     panel: list[str]
     proximal_mu: float
-    seed: int
+    seed: int  # the run's seed; the site derives its own stream per (site, phase, round)
     total_dp_steps: int  # over the whole federation, for a target epsilon
+    round: int = 0  # the federation's round of this phase (1-based; 0 outside rounds)
+
+    def stream(self, site: Site) -> int:
+        """This site's seed for this phase and round (``derive_seed``)."""
+        return derive_seed(self.seed, site.data_dir.name, self.phase, self.round)
 
 
 def _loader(ds: Dataset, batch_size: int, seed: int) -> DataLoader:
-    gen = torch.Generator().manual_seed(seed)
-    return DataLoader(
-        ds, batch_size=min(batch_size, len(ds)), shuffle=True, drop_last=True, generator=gen
-    )
+    return make_loader(ds, batch_size, seed)
 
 
-def _local_run(
+def _local_train(
     site: Site,
+    phase: str,
     model: torch.nn.Module,
     spec: RoundSpec,
-    lr: float,
-    epochs: int,
-    max_steps: int,
     train_cfg: TrainConfig,
     privacy: PrivacyConfig,
-) -> tuple[Any, DataLoader, torch.optim.Optimizer, Any, PrivacyLedger | None]:
-    """Loader, optimiser, FedProx reference and, under DP-SGD, the Opacus wrapping of one
-    local run: (private run or None, loader, optimiser, reference or None, ledger or None)."""
-    reference = snapshot(model) if spec.proximal_mu > 0 else None
-    loader = _loader(site_dataset(site, "train", spec.panel), train_cfg.batch_size, spec.seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=train_cfg.weight_decay)
-    if privacy.mode != "dp_sgd":
-        return None, loader, opt, reference, None
-    ledger = PrivacyLedger.load(site.run_dir / "privacy_ledger.json")
-    steps = planned_steps(len(loader), epochs, max_steps)
-    run = make_private(model, opt, loader, privacy, ledger, steps, spec.total_dp_steps)
-    return run, loader, opt, reference, ledger
-
-
-def _privacy_metrics(
-    site: Site, run: Any, ledger: PrivacyLedger | None, privacy: PrivacyConfig
-) -> dict[str, float]:
-    if run is None or ledger is None:
-        return {}
-    finish_private(run, ledger)
-    ledger.save(site.run_dir / "privacy_ledger.json")
-    return {
-        "epsilon": ledger.epsilon(privacy.delta),
-        "delta": privacy.delta,
-        "noise-multiplier": run.noise_multiplier,
-        "dp-steps": float(ledger.steps),
-    }
+    **kwargs: Any,
+) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """One round of the shared training core at this site: optimiser state kept on the
+    site's disk between rounds, the privacy ledger loaded and saved around the run."""
+    dp = privacy.mode == "dp_sgd"
+    ledger_path = site.run_dir / "privacy_ledger.json"
+    ledger = PrivacyLedger.load(ledger_path) if dp else None
+    result = train_local(
+        phase,
+        model,
+        site_dataset(site, "train", spec.panel),
+        train_cfg,
+        get_device(train_cfg.device),
+        spec.stream(site),
+        privacy=privacy,
+        ledger=ledger,
+        total_dp_steps=spec.total_dp_steps,
+        state_dir=site.run_dir / "optimizer",
+        proximal_mu=spec.proximal_mu,
+        **kwargs,
+    )
+    metrics = dict(result.metrics)
+    if ledger is not None:
+        ledger.save(ledger_path)
+        metrics.update(
+            {
+                "epsilon": ledger.epsilon(privacy.delta),
+                "delta": privacy.delta,
+                "noise-multiplier": metrics.pop("dp-noise-multiplier"),
+            }
+        )
+    return to_wire(result.weights), metrics
 
 
 def train_autoencoder_round(
@@ -256,35 +252,9 @@ def train_autoencoder_round(
     train_cfg: TrainConfig,
     privacy: PrivacyConfig,
 ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-    device = get_device(train_cfg.device)
     ae = build_autoencoder(model_cfg, data.image_size)
     load_wire(ae, arrays)
-    local = _local_run(
-        site,
-        ae,
-        spec,
-        train_cfg.lr_ae,
-        train_cfg.ae_epochs,
-        train_cfg.max_steps_ae,
-        train_cfg,
-        privacy,
-    )
-    run, loader, opt, reference, ledger = local
-    # Opacus's wrapper exposes only forward(); the autoencoder is driven through encode() and
-    # decode(), whose layers carry the wrapper's per-sample gradient hooks all the same.
-    model = run.module._module if run else ae
-    metrics = train_autoencoder(
-        model,
-        run.loader if run else loader,
-        train_cfg,
-        device,
-        optimizer=run.optimizer if run else opt,
-        reference=reference,
-        proximal_mu=spec.proximal_mu,
-        seed=spec.seed,
-    )
-    metrics.update(_privacy_metrics(site, run, ledger, privacy))
-    return to_wire(model.state_dict()), metrics
+    return _local_train(site, "ae", ae, spec, train_cfg, privacy)
 
 
 def latent_stats(
@@ -335,37 +305,20 @@ def train_ldm_round(
     train_cfg: TrainConfig,
     privacy: PrivacyConfig,
 ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-    device = get_device(train_cfg.device)
     ae = frozen_autoencoder(site, data, model_cfg, scale)
     denoiser = build_denoiser(model_cfg, len(spec.panel), latent_size(ae))
     load_wire(denoiser, arrays)
-    local = _local_run(
+    return _local_train(
         site,
+        "ldm",
         denoiser,
         spec,
-        train_cfg.lr_ldm,
-        train_cfg.ldm_epochs,
-        train_cfg.max_steps_ldm,
         train_cfg,
         privacy,
-    )
-    run, loader, opt, reference, ledger = local
-    model = run.module if run else denoiser
-    metrics = train_ldm(
-        model,
-        ae,
-        build_noise_scheduler(model_cfg),
-        run.loader if run else loader,
-        train_cfg,
-        device,
+        ae=ae,
+        scheduler=build_noise_scheduler(model_cfg),
         cond_dropout=model_cfg.cond_dropout,
-        optimizer=run.optimizer if run else opt,
-        reference=reference,
-        proximal_mu=spec.proximal_mu,
-        seed=spec.seed,
     )
-    metrics.update(_privacy_metrics(site, run, ledger, privacy))
-    return to_wire(model.state_dict()), metrics
 
 
 def evaluate_round(
@@ -381,7 +334,11 @@ def evaluate_round(
     device = get_device(train_cfg.device)
     ds = site_dataset(site, "val", spec.panel)
     if len(ds) == 0:
-        ds = site_dataset(site, "train", spec.panel)
+        # Never the training split under a validation name: the server drops this reply.
+        raise ValueError(
+            f"site {site.data_dir.name}: the validation split is empty; raise "
+            "data.val_fraction or add subjects to evaluate this site"
+        )
     loader = DataLoader(ds, batch_size=train_cfg.batch_size)
     if spec.phase == "ae":
         ae = build_autoencoder(model_cfg, data.image_size)
@@ -391,7 +348,10 @@ def evaluate_round(
         ae = frozen_autoencoder(site, data, model_cfg, scale)
         denoiser = build_denoiser(model_cfg, len(spec.panel), latent_size(ae))
         load_wire(denoiser, arrays)
-        m = evaluate_ldm(denoiser, ae, build_noise_scheduler(model_cfg), loader, device, spec.seed)
+        scheduler = build_noise_scheduler(model_cfg)
+        # Seeded by the run only: comparable across rounds and sites.
+        m = evaluate_ldm(denoiser, ae, scheduler, loader, device, spec.seed)
+        m.update(condition_use(denoiser, ae, scheduler, loader, device, e4_columns_of(ds)))
     return {k: float(v) for k, v in m.items()}
 
 

@@ -127,9 +127,11 @@ class DataConfig:
 class ModelConfig:
     """Autoencoder, SNP encoder and conditional UNet sizes; one of the paper's variants."""
 
-    # ldm_label (label only), g2i (genotype, cross-attention), g2i_label_noattn (pooled
+    # g2i_plus (ours: per-SNP value embeddings, cross-attention and the pooled genotype added
+    # to the timestep embedding, diagnosis embedded); the paper's four models: ldm_label
+    # (label only), g2i (genotype, cross-attention), g2i_label_noattn (pooled
     # genotype + label, no cross-attention), g2i_label_attn (genotype + label, cross-attention).
-    variant: str = "g2i_label_attn"
+    variant: str = "g2i_plus"
     # How the diagnosis enters the UNet: "concat" (paper) or "embed" (authors' code).
     label_mode: str = "embed"
     num_classes: int = 3
@@ -183,6 +185,9 @@ class TrainConfig:
     # Optional patch-adversarial term of the autoencoder loss (0 = off) and its start step.
     adv_weight: float = 0.0
     adv_start_step: int = 0
+    # An EMA of the weights over a local run's steps (the centralized baseline's model is
+    # its EMA; a federated round returns the raw weights, see README "Training core").
+    ema: bool = True
     ema_decay: float = 0.999
     # "auto" = bf16 autocast on CUDA, fp32 elsewhere; "bf16" or "no" to force.
     mixed_precision: str = "auto"

@@ -10,7 +10,6 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from diffusers.training_utils import EMAModel
 from torch.utils.data import DataLoader, Dataset
 
 from conf.schema import ModelConfig, PrivacyConfig, TrainConfig
@@ -24,20 +23,18 @@ from g2i_models.autoencoder import (
 )
 from g2i_models.device import get_device, seed_everything
 from g2i_models.diffusion import build_noise_scheduler
+from g2i_models.local_training import derive_seed, e4_columns_of, make_loader, train_local
 from g2i_models.pipeline import G2IPipeline, generate
 from g2i_models.plots import CLASS_NAMES, save_loss_curves, save_sample_grid
-from g2i_models.privacy import (
-    PrivacyLedger,
-    PrivateRun,
-    finish_private,
-    make_private,
-    planned_steps,
-)
+from g2i_models.privacy import PrivacyLedger, planned_steps
 from g2i_models.snp_encoder import MISSING_GENOTYPE
-from g2i_models.train import evaluate_autoencoder, evaluate_ldm, train_autoencoder, train_ldm
+from g2i_models.train import condition_use, evaluate_autoencoder, evaluate_ldm
 from g2i_models.unet import build_denoiser
 
 log = logging.getLogger(__name__)
+
+# The name the centralized baseline's random streams are derived under (a site's is its own).
+CENTRAL_SITE = "centralized"
 
 
 def allele_frequencies(dataset: Dataset) -> list[float]:
@@ -94,12 +91,7 @@ def train_centralized(
         )
     image_size = sample["image"].shape[-1]
     n_snps = sample["genotypes"].numel()
-    loader_kw = {"batch_size": train_cfg.batch_size, "num_workers": train_cfg.num_workers}
-    shuffle_gen = torch.Generator().manual_seed(seed)
-    train_loader = DataLoader(
-        train_set, shuffle=True, drop_last=True, generator=shuffle_gen, **loader_kw
-    )
-    val_loader = DataLoader(val_set, shuffle=False, **loader_kw)
+    val_loader = DataLoader(val_set, shuffle=False, batch_size=train_cfg.batch_size)
     metrics: dict[str, float] = {}
     dp = privacy is not None and privacy.mode == "dp_sgd"
     if privacy is not None and privacy.mode not in ("none", "dp_sgd"):
@@ -111,43 +103,38 @@ def train_centralized(
         raise ValueError("privacy.mode=dp_sgd does not support train.adv_weight > 0")
     # One accountant over both phases; target_epsilon is spread over all their steps.
     ledger = PrivacyLedger()
-    steps = planned_steps(len(train_loader), train_cfg.ae_epochs, train_cfg.max_steps_ae)
-    total_steps = steps + planned_steps(
-        len(train_loader), train_cfg.ldm_epochs, train_cfg.max_steps_ldm
-    )
-    private_run = partial(
-        _private,
-        loader=train_loader,
-        train_cfg=train_cfg,
+    per_epoch = max(1, len(train_set) // min(train_cfg.batch_size, len(train_set)))
+    total_steps = planned_steps(
+        per_epoch, train_cfg.ae_epochs, train_cfg.max_steps_ae
+    ) + planned_steps(per_epoch, train_cfg.ldm_epochs, train_cfg.max_steps_ldm)
+    # The same core a federated site calls, on the pooled data, as one "site" and one round.
+    core = partial(
+        train_local,
+        dataset=train_set,
+        cfg=train_cfg,
+        device=device,
         privacy=privacy,
         ledger=ledger,
-        total_steps=total_steps,
+        total_dp_steps=total_steps,
+        ema=train_cfg.ema,
+        progress=progress,
     )
 
     ae = build_autoencoder(model_cfg, image_size).to(device)
     before = evaluate_autoencoder(ae, val_loader, device)
     disc = PatchDiscriminator() if train_cfg.adv_weight > 0 else None
-    ae_history: list[dict[str, float]] = []
-    private = private_run(ae, train_cfg.lr_ae, steps)
-    train_autoencoder(
-        # Opacus's wrapper exposes only forward(); encode()/decode() run the wrapped layers.
-        private.module._module if private else ae,
-        private.loader if private else train_loader,
-        train_cfg,
-        device,
-        optimizer=private.optimizer if private else None,
-        discriminator=disc,
-        seed=seed,
-        history=ae_history,
-        progress=progress,
-    )
-    if private:
-        finish_private(private, ledger)
+    result = core("ae", ae, seed=derive_seed(seed, CENTRAL_SITE, "ae", 0), discriminator=disc)
+    ae_history = result.history
+    raw_ae = evaluate_autoencoder(ae, val_loader, device)
+    if result.ema_weights is not None:
+        ae.load_state_dict(result.ema_weights)
     after = evaluate_autoencoder(ae, val_loader, device)
     metrics.update(ae_val_psnr_before=before["psnr"], ae_val_psnr=after["psnr"])
+    metrics.update(ae_val_psnr_raw=raw_ae["psnr"])
     metrics.update(ae_val_ssim=after["ssim"], ae_val_l1=after["l1"])
+    scale_loader = make_loader(train_set, train_cfg.batch_size, seed)
     scale = scale_factor_from_moments(
-        *latent_moments(ae, train_loader, device, train_cfg.scale_batches, seed)
+        *latent_moments(ae, scale_loader, device, train_cfg.scale_batches, seed)
     )
     set_scale_factor(ae, scale)
     metrics["latent_scale_factor"] = scale
@@ -157,37 +144,32 @@ def train_centralized(
 
     denoiser = build_denoiser(model_cfg, n_snps, latent_size(ae)).to(device)
     scheduler = build_noise_scheduler(model_cfg)
-    ema = EMAModel(denoiser.parameters(), decay=train_cfg.ema_decay)
     metrics["ldm_val_mse_before"] = evaluate_ldm(denoiser, ae, scheduler, val_loader, device)["mse"]
-    ldm_history: list[dict[str, float]] = []
-    steps = planned_steps(len(train_loader), train_cfg.ldm_epochs, train_cfg.max_steps_ldm)
-    private = private_run(denoiser, train_cfg.lr_ldm, steps)
-    train_ldm(
-        private.module if private else denoiser,
-        ae,
-        scheduler,
-        private.loader if private else train_loader,
-        train_cfg,
-        device,
+    result = core(
+        "ldm",
+        denoiser,
+        seed=derive_seed(seed, CENTRAL_SITE, "ldm", 0),
+        ae=ae,
+        scheduler=scheduler,
         cond_dropout=model_cfg.cond_dropout,
-        optimizer=private.optimizer if private else None,
-        ema=ema,
-        seed=seed,
-        history=ldm_history,
-        progress=progress,
     )
-    if private:
-        finish_private(private, ledger)
+    ldm_history = result.history
+    if dp:
         ledger.save(out / "privacy_ledger.json")
         metrics.update(
             dp_epsilon=ledger.epsilon(privacy.delta),
             dp_delta=privacy.delta,
             dp_steps=float(ledger.steps),
-            dp_noise_multiplier=private.noise_multiplier,
+            dp_noise_multiplier=result.metrics["dp-noise-multiplier"],
         )
     metrics["ldm_val_mse_raw"] = evaluate_ldm(denoiser, ae, scheduler, val_loader, device)["mse"]
-    ema.copy_to(denoiser.parameters())
+    if result.ema_weights is not None:
+        denoiser.load_state_dict(result.ema_weights)
     metrics["ldm_val_mse"] = evaluate_ldm(denoiser, ae, scheduler, val_loader, device)["mse"]
+    use = condition_use(
+        denoiser, ae, scheduler, val_loader, device, e4_columns_of(val_set), seed=seed
+    )
+    metrics.update({f"ldm_val_{k.replace('-', '_')}": v for k, v in use.items()})
 
     pipeline = G2IPipeline.from_parts(
         ae,
@@ -219,25 +201,6 @@ def train_centralized(
     )
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
-
-
-def _private(
-    model: torch.nn.Module,
-    lr: float,
-    steps: int,
-    *,
-    loader: DataLoader,
-    train_cfg: TrainConfig,
-    privacy: PrivacyConfig | None,
-    ledger: PrivacyLedger,
-    total_steps: int,
-) -> PrivateRun | None:
-    """The DP-SGD wrapping of one phase, or None without DP-SGD."""
-    if privacy is None or privacy.mode != "dp_sgd":
-        return None
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=train_cfg.weight_decay)
-    model.train()  # evaluated just before; Opacus wraps modules in training mode only
-    return make_private(model, opt, loader, privacy, ledger, steps, total_steps)
 
 
 def _mean_of(records: list[dict[str, float]], key: str) -> float:

@@ -9,6 +9,7 @@ reports is what it has spent since the federation started, over every round of b
 from __future__ import annotations
 
 import json
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -122,6 +123,9 @@ def make_private(
             )
     engine = PrivacyEngine(accountant="rdp")
     engine.accountant.history = [tuple(h) for h in ledger.history]
+    # Opacus's secure mode needs torchcsprng (not installable here); its Poisson sampler
+    # reads ``secure_rng`` whatever the mode, so it gets a secret generator of its own.
+    engine.secure_rng = secret_generator()
     module, opt, dp_loader = engine.make_private(
         module=model,
         optimizer=optimizer,
@@ -129,8 +133,18 @@ def make_private(
         noise_multiplier=sigma,
         max_grad_norm=cfg.max_grad_norm,
         poisson_sampling=True,
+        # The noise and the Poisson sampling come from the operating system's entropy, not
+        # from torch's global generator, which the run's (server-known) seed has seeded:
+        # anyone who can rebuild the noise can subtract it.
+        noise_generator=secret_generator(),
     )
     return PrivateRun(module, opt, dp_loader, engine, sigma, sample_rate)
+
+
+def secret_generator() -> torch.Generator:
+    """A torch generator seeded from ``secrets`` (the OS's CSPRNG): a stream nobody else can
+    reproduce, fresh on every call."""
+    return torch.Generator().manual_seed(secrets.randbits(63))
 
 
 def finish_private(run: PrivateRun, ledger: PrivacyLedger) -> None:

@@ -67,6 +67,12 @@ class SNPEncoder(ModelMixin, ConfigMixin):
     Token embedding = embedding of the genotype value + a learned embedding of the SNP's
     index in the panel; ``depth`` pre-norm transformer blocks; a final LayerNorm.
     ``pool`` gives one vector per subject (B, d), used by the variant without cross-attention.
+
+    ``per_snp_values=False`` (the paper) shares one value embedding (0/1/2/missing/null) by
+    all SNPs, so a SNP's token differs from another's only by its position embedding;
+    ``True`` gives every SNP its own value embedding (``n_snps * 5`` rows), so a genotype
+    change at one SNP moves its token in a direction of its own (measured: an e4 change moved
+    the UNet output as much as any random SNP with shared values).
     """
 
     @register_to_config
@@ -78,11 +84,13 @@ class SNPEncoder(ModelMixin, ConfigMixin):
         heads: int = 4,
         mlp_ratio: int = 2,
         dropout: float = 0.0,
+        per_snp_values: bool = False,
     ) -> None:
         super().__init__()
         if n_snps < 1:
             raise ValueError(f"n_snps must be >= 1, got {n_snps}")
-        self.genotype_embed = nn.Embedding(N_GENOTYPE_TOKENS, embed_dim)
+        rows = N_GENOTYPE_TOKENS * (n_snps if per_snp_values else 1)
+        self.genotype_embed = nn.Embedding(rows, embed_dim)
         self.snp_embed = nn.Embedding(n_snps, embed_dim)
         self.blocks = nn.ModuleList(
             [EncoderBlock(embed_dim, heads, mlp_ratio, dropout) for _ in range(depth)]
@@ -98,7 +106,10 @@ class SNPEncoder(ModelMixin, ConfigMixin):
             )
         # (B, n) indices, not a broadcast (n,) row: Opacus needs the batch dimension.
         positions = torch.arange(n, device=genotypes.device).unsqueeze(0).repeat(b, 1)
-        x = self.genotype_embed(genotypes.long()) + self.snp_embed(positions)
+        values = genotypes.long()
+        if self.config.per_snp_values:
+            values = positions * N_GENOTYPE_TOKENS + values
+        x = self.genotype_embed(values) + self.snp_embed(positions)
         for block in self.blocks:
             x = block(x)
         return self.norm(x)

@@ -27,6 +27,32 @@ LEDGER_FIELDS = (
 )
 
 
+TRAINING_PHASES = ("ae", "ldm")
+
+
+def training_rounds(
+    rounds: list[dict[str, Any]], aggregated_only: bool = True
+) -> list[dict[str, Any]]:
+    """The rounds.jsonl lines of training rounds (not the one-shot steps' failure lines);
+    with ``aggregated_only``, not a round stopped for too few usable updates either."""
+    return [
+        r
+        for r in rounds
+        if r["phase"] in TRAINING_PHASES and (r.get("aggregated", True) or not aggregated_only)
+    ]
+
+
+def failures_by_site(rounds: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """metrics.json's ``failures``: per site, ``"<phase>[ round <n>]: <reason>"`` in the order
+    they happened, from every rounds.jsonl line (training rounds and one-shot steps)."""
+    out: dict[str, list[str]] = {}
+    for r in rounds:
+        where = r["phase"] if r.get("round") is None else f"{r['phase']} round {r['round']}"
+        for site, reason in r.get("failures", {}).items():
+            out.setdefault(site, []).append(f"{where}: {reason}")
+    return out
+
+
 def privacy_ledger(
     rounds: list[dict[str, Any]], privacy: PrivacyConfig, n_sampled: int, n_sites: int
 ) -> list[dict[str, Any]]:
@@ -37,6 +63,9 @@ def privacy_ledger(
     noise multiplier sigma on the clipped sum and sampling rate n_sampled / n_sites.
     """
     rows: list[dict[str, Any]] = []
+    # A site's DP-SGD spent its budget even when the round was stopped later; the central
+    # mechanism ran only on rounds that were aggregated.
+    rounds = training_rounds(rounds, aggregated_only=privacy.mode != "dp_sgd")
     if privacy.mode == "dp_sgd":
         for r in rounds:
             for site, m in sorted(r["site_metrics"].items()):
@@ -85,6 +114,7 @@ def write_ledger(rows: list[dict[str, Any]], run_dir: Path) -> Path:
 
 def plot_rounds(rounds: list[dict[str, Any]], path: Path) -> Path:
     """Training loss and validation metric per round, one line per site."""
+    rounds = training_rounds(rounds)
     phases = [p for p in ("ae", "ldm") if any(r["phase"] == p for r in rounds)]
     fig, axes = plt.subplots(
         1, max(1, len(phases)), figsize=(5 * max(1, len(phases)), 3.5), squeeze=False

@@ -24,7 +24,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from client.records import error_summary, from_record, to_record
+from client.records import from_record, to_record
 from client.task import (
     decision_to_arrays,
     evaluation_to_config,
@@ -47,9 +47,17 @@ from g2i_models.privacy import planned_steps
 from g2i_models.synthetic import genotype_frequencies, sample_profiles, write_synthetic_set
 from g2i_models.unet import build_denoiser
 from preprocessing.federated_qc import SiteCounts, federated_variant_qc
-from server.report import plot_rounds, privacy_ledger, write_ledger
+from server.report import failures_by_site, plot_rounds, privacy_ledger, write_ledger
 from server.run_state import RunState
-from server.strategy import GuardedStrategy, TooFewSitesError, build_strategy
+from server.strategy import (
+    GuardedStrategy,
+    RoundLog,
+    TooFewSitesError,
+    build_strategy,
+    site_name,
+    site_names,
+    sort_replies,
+)
 
 app = ServerApp()
 log = logging.getLogger("g2i_fed.server")
@@ -79,16 +87,8 @@ def broadcast(
         Message(content or RecordDict(), dst_node_id=n, message_type=f"query.{action}")
         for n in nodes
     ]
-    ok, failed = {}, {}
-    for reply in grid.send_and_receive(messages, timeout=timeout):
-        node = reply.metadata.src_node_id
-        if reply.has_error():
-            failed[node] = error_summary(reply)
-        else:
-            ok[node] = reply.content
-    for n in set(nodes) - set(ok) - set(failed):
-        failed[n] = "no reply before the timeout"
-    return ok, failed
+    ok, failed = sort_replies(messages, grid.send_and_receive(messages, timeout=timeout))
+    return {n: reply.content for n, reply in ok.items()}, failed
 
 
 @app.main()
@@ -101,21 +101,24 @@ def main(grid: Grid, context: Context) -> None:
     fed, privacy = to_object(cfg.federation), to_object(cfg.privacy)
     run = RunState(cfg.run_dir)
     seed_everything(cfg.seed)
-    events: dict[str, Any] = {"failures": {}}
 
     def fail(stage: str, failures: dict[int, str]) -> None:
-        for node, reason in failures.items():
-            name = names.get(node, str(node))
-            events["failures"].setdefault(name, []).append(f"{stage}: {reason}")
+        """Record a one-shot step's failures by site in rounds.jsonl (and so metrics.json)."""
+        if not failures:
+            return
+        named = {site_name(names, node): reason for node, reason in failures.items()}
+        run.log_round(RoundLog(stage, None, failures=named, aggregated=False))
+        for name, reason in named.items():
             log.warning("site %s failed at %s: %s", name, stage, reason)
 
     # -- census: who is there ---------------------------------------------------------------
     nodes = wait_for_nodes(grid, fed.min_sites)
-    names: dict[int, str] = {}
+    # The name each SuperNode was registered under; the census names the rest (simulation).
+    names: dict[int, str] = site_names(grid)
     census, failed = broadcast(grid, nodes, "census")
     for node, content in census.items():
-        names[node] = (
-            str(content["site"]["name"]) if "site" in content.config_records else str(node)
+        names.setdefault(
+            node, str(content["site"]["name"]) if "site" in content.config_records else str(node)
         )
     fail("census", failed)
     active = sorted(census)
@@ -306,14 +309,14 @@ def main(grid: Grid, context: Context) -> None:
         "synthetic": {"per_class": n, "shared_with": [names[k] for k in shared]},
         "downstream": downstream,
         "memorisation": memorisation,
-        "failures": events["failures"],
+        "failures": failures_by_site(rounds),
         "privacy": {"mode": privacy.mode, "delta": privacy.delta},
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     run.set(finished=True)
     print(
         f"G2I-Fed run finished: {out} (sites {metrics['sites']}, "
-        f"failures {list(events['failures'])})"
+        f"failures {list(metrics['failures'])})"
     )
 
 
@@ -381,13 +384,19 @@ def _run_phase(
                 run.log_round(strategy.rounds[-1])
         return None
 
-    phase_config = ConfigRecord({**config, "phase": phase})
-    result = strategy.start(
-        grid,
-        to_record(arrays),
-        num_rounds=rounds - done,
-        train_config=phase_config,
-        evaluate_config=phase_config,
-        evaluate_fn=checkpoint,
-    )
+    # Sites derive their random streams from (run seed, site, phase, round): the offset keeps
+    # a resumed run's rounds from replaying the first ones'.
+    phase_config = ConfigRecord({**config, "phase": phase, "round-offset": done})
+    try:
+        result = strategy.start(
+            grid,
+            to_record(arrays),
+            num_rounds=rounds - done,
+            train_config=phase_config,
+            evaluate_config=phase_config,
+            evaluate_fn=checkpoint,
+        )
+    except TooFewSitesError:
+        run.log_round(strategy.rounds[-1])  # the stopped round, naming the sites that failed
+        raise
     return from_record(result.arrays)

@@ -1,15 +1,20 @@
 """Aggregation strategies from config, and a guard around them that keeps a round alive.
 
 ``GuardedStrategy`` wraps any Flower strategy: replies that carry an error (a site that
-crashed, ran out of privacy budget, had bad data) or non-finite arrays are dropped and
-recorded before the inner strategy aggregates; when fewer than ``min_sites`` good updates are
-left, the round fails with a clear error. Every site's reply metrics are kept per round, so
-the per-site privacy ledger survives Flower's weighted averaging of metrics.
+crashed, ran out of privacy budget, had bad data), messages that got no reply, and replies
+with non-finite arrays are dropped and recorded before the inner strategy aggregates; when
+fewer than ``min_sites`` good updates are left, the round fails with a clear error. Every
+site's reply metrics are kept per round, so the per-site privacy ledger survives Flower's
+weighted averaging of metrics.
+
+Failures are named by the site a message was *sent to*: when a SuperNode dies, the SuperLink
+answers in its place, and that error reply's ``src_node_id`` is the SuperLink's own ID (1),
+not the site's. ``sort_replies`` matches each reply to its message by ``reply_to_message_id``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,8 +39,47 @@ STRATEGIES: dict[str, Callable[..., fl.Strategy]] = {
 }
 
 
+NO_REPLY = "no reply before the timeout"
+
+
 class TooFewSitesError(RuntimeError):
     """Fewer sites than ``federation.min_sites`` delivered a usable update."""
+
+
+def site_names(grid: Grid) -> dict[int, str]:
+    """Node ID -> the name its SuperNode was registered under (``flwr supernode register
+    --name``); empty for nodes without one (simulation)."""
+    return {int(node.node_id): str(node.name) for node in grid.get_nodes() if node.name}
+
+
+def site_name(names: dict[int, str], node_id: int) -> str:
+    """The site's name, or ``node <id>`` for a node that never told its name."""
+    return names.get(node_id, f"node {node_id}")
+
+
+def sort_replies(
+    sent: Sequence[Message], replies: Iterable[Message]
+) -> tuple[dict[int, Message], dict[int, str]]:
+    """(good replies, failure reasons), both by the node each message was sent to.
+
+    ``sent`` are the messages after the grid pushed them (the grid sets their message IDs in
+    place). A reply that matches no sent message keeps its ``src_node_id``; a sent message
+    without a reply is a failure too.
+    """
+    destination = {m.metadata.message_id: m.metadata.dst_node_id for m in sent}
+    good: dict[int, Message] = {}
+    failed: dict[int, str] = {}
+    for reply in replies:
+        node = destination.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
+        if reply.has_error():
+            failed[node] = error_summary(reply)
+        else:
+            good[node] = reply
+    for message in sent:
+        node = message.metadata.dst_node_id
+        if node not in good and node not in failed:
+            failed[node] = NO_REPLY
+    return good, failed
 
 
 def build_strategy(fed: FederationConfig, privacy: PrivacyConfig, n_sites: int) -> fl.Strategy:
@@ -74,9 +118,10 @@ class RoundLog:
     """What happened in one training round."""
 
     phase: str
-    round: int
+    round: int | None  # None for a one-shot step (census, QC, synthetic set...)
     site_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)
+    aggregated: bool = True  # False when too few usable updates stopped the round
 
 
 class GuardedStrategy(fl.Strategy):
@@ -91,9 +136,14 @@ class GuardedStrategy(fl.Strategy):
         self.names = names or {}
         self.rounds: list[RoundLog] = []
         self.round_offset = 0  # rounds done before a resume
+        self._sent: list[Message] = []  # this round's messages, to name who failed
 
     def _name(self, node_id: int) -> str:
-        return self.names.get(node_id, str(node_id))
+        return site_name(self.names, node_id)
+
+    def _keep(self, messages: Iterable[Message]) -> list[Message]:
+        self._sent = list(messages)
+        return self._sent
 
     def summary(self) -> None:
         self.inner.summary()
@@ -101,23 +151,22 @@ class GuardedStrategy(fl.Strategy):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        return self.inner.configure_train(server_round, arrays, config, grid)
+        return self._keep(self.inner.configure_train(server_round, arrays, config, grid))
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        return self.inner.configure_evaluate(server_round, arrays, config, grid)
+        return self._keep(self.inner.configure_evaluate(server_round, arrays, config, grid))
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         log = RoundLog(self.phase, server_round + self.round_offset)
+        replied, failed = sort_replies(self._sent, replies)
+        log.failures = {self._name(node): reason for node, reason in failed.items()}
         good = []
-        for reply in replies:
-            name = self._name(reply.metadata.src_node_id)
-            if reply.has_error():
-                log.failures[name] = error_summary(reply)
-                continue
+        for node, reply in replied.items():
+            name = self._name(node)
             record = next(iter(reply.content.array_records.values()), None)
             if record is None or not arrays_finite(record):
                 log.failures[name] = "rejected: non-finite or missing weights"
@@ -129,6 +178,7 @@ class GuardedStrategy(fl.Strategy):
             good.append(reply)
         self.rounds.append(log)
         if len(good) < self.min_sites:
+            log.aggregated = False
             raise TooFewSitesError(
                 f"{self.phase} round {log.round}: {len(good)} usable updates, "
                 f"{self.min_sites} needed; failures: {log.failures}"
@@ -138,12 +188,18 @@ class GuardedStrategy(fl.Strategy):
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
-        good = [r for r in replies if not r.has_error()]
+        replied, failed = sort_replies(self._sent, replies)
         if self.rounds:
-            for r in good:
+            log = self.rounds[-1]
+            for node, reason in failed.items():
+                name = self._name(node)
+                earlier = log.failures.get(name)
+                reason = f"evaluate: {reason}"
+                log.failures[name] = f"{earlier}; {reason}" if earlier else reason
+            for node, r in replied.items():
                 metrics = next(iter(r.content.metric_records.values()), MetricRecord())
-                self.rounds[-1].site_metrics.setdefault(self._name(r.metadata.src_node_id), {})
-                self.rounds[-1].site_metrics[self._name(r.metadata.src_node_id)].update(
+                log.site_metrics.setdefault(self._name(node), {}).update(
                     {f"val-{k}": float(v) for k, v in metrics.items() if isinstance(v, int | float)}
                 )
+        good = list(replied.values())
         return self.inner.aggregate_evaluate(server_round, good) if good else None

@@ -40,7 +40,7 @@ def test_output_shape_per_variant(model_config, batch, variant: str, label_mode:
     assert (den.snp_encoder is None) == (variant == "ldm_label")
 
 
-@pytest.mark.parametrize("variant", ["g2i", "g2i_label_attn"])
+@pytest.mark.parametrize("variant", ["g2i", "g2i_label_attn", "g2i_plus"])
 def test_cross_attention_reads_the_genotype(model_config, batch, variant: str) -> None:
     den = make(model_config, variant=variant)
     assert cross_attentions(den), "no cross-attention layer over SNP tokens"
@@ -56,14 +56,40 @@ def test_cross_attention_reads_the_genotype(model_config, batch, variant: str) -
     assert same.abs().max() < 1e-6
 
 
-def test_noattn_variant_has_no_attention_over_snp_tokens(model_config, batch) -> None:
-    den = make(model_config, variant="g2i_label_noattn")
-    assert cross_attentions(den) == []
-    assert den.unet.config.class_embed_type == "projection"
-    # The pooled genotype still conditions the UNet (through the timestep embedding).
+@pytest.mark.parametrize("variant", ["g2i_label_noattn", "g2i_plus"])
+def test_pooled_genotype_route_starts_at_zero_and_then_conditions(
+    model_config, batch, variant: str
+) -> None:
+    den = make(model_config, variant=variant)
+    assert (cross_attentions(den) == []) == (variant == "g2i_label_noattn")
+    proj = den.unet.time_embedding.cond_proj
+    assert proj is not None and torch.count_nonzero(proj.weight) == 0
+    if variant == "g2i_plus":  # only the pooled route: silence the cross-attention
+        with torch.no_grad():
+            for attn in cross_attentions(den):
+                attn.to_out[0].weight.zero_()
     other = (batch["genotypes"] + 1) % 3
-    diff = run(den, batch["genotypes"], batch["label"]) - run(den, other, batch["label"])
-    assert diff.abs().max() > 1e-4
+    labels = batch["label"]
+    # Zero-initialised: at first the genotype has no effect through this route...
+    assert (run(den, batch["genotypes"], labels) - run(den, other, labels)).abs().max() < 1e-6
+    # ...and once the projection has a direction, it moves every sample's prediction.
+    with torch.no_grad():
+        proj.weight.normal_(0, 0.1)
+    diff = (run(den, batch["genotypes"], labels) - run(den, other, labels)).abs()
+    assert diff.amax(dim=(1, 2, 3)).min() > 1e-4
+
+
+def test_per_snp_value_embeddings_give_each_snp_its_own_direction(model_config) -> None:
+    """The same 0 -> 2 change at two SNPs moves their tokens by different vectors with
+    per-SNP values (g2i_plus), by the same vector with the paper's shared values."""
+    for variant, distinct in (("g2i_plus", True), ("g2i_label_attn", False)):
+        enc = make(model_config, variant=variant).snp_encoder
+        emb = enc.genotype_embed.weight
+        n_tokens = 5
+        stride = n_tokens if enc.config.per_snp_values else 0
+        step_a = emb[0 * stride + 2] - emb[0 * stride + 0]
+        step_b = emb[1 * stride + 2] - emb[1 * stride + 0]
+        assert (not torch.allclose(step_a, step_b)) == distinct
 
 
 def test_label_only_variant_ignores_genotypes(model_config, batch) -> None:
