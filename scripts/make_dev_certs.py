@@ -11,11 +11,16 @@ Writes into ``--out`` (default ``certificates/``):
   format ``flower-supernode --auth-supernode-private-key`` reads and
   ``flwr supernode register`` accepts.
 
+An existing CA in ``--out`` is kept (and the SuperLink certificate it signed), so a site can
+be added later; existing SuperNode keys are never overwritten. ``--new-ca`` starts afresh.
+Private keys are created readable by their owner only (mode 0600 from the first byte).
+
 For development only: the keys are unencrypted and the CA signs whatever this script asks.
 In production the certificates come from your organisation's CA and each site makes its own
 key pair and hands over only the public key.
 
     python scripts/make_dev_certs.py --out certificates --supernodes site-0 site-1
+    python scripts/make_dev_certs.py --out certificates --supernodes site-2   # add a site
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import ipaddress
+import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -32,6 +39,20 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 DEFAULT_HOSTS = ("localhost", "127.0.0.1", "::1")
+# A site name becomes a file name and a SuperNode name: letters, digits, '.', '_', '-'.
+SITE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+
+
+def check_site_name(name: str) -> str:
+    """``name`` if it is a safe file and site name, else ``ValueError`` saying why."""
+    if not SITE_NAME.fullmatch(name) or ".." in name or name.endswith(".pub"):
+        raise ValueError(
+            f"site name {name!r} is not allowed: use 1-63 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit (no '..', no path separators, no '.pub' ending)"
+        )
+    if name in ("ca", "server"):
+        raise ValueError(f"site name {name!r} is reserved for the CA and SuperLink files")
+    return name
 
 
 def _name(common_name: str) -> x509.Name:
@@ -62,15 +83,22 @@ def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 
 def _write(path: Path, data: bytes, private: bool = False) -> None:
-    path.write_bytes(data)
-    if private:
-        path.chmod(0o600)
+    """Write a new file; a private one is created with mode 0600, never readable by others
+    (not even between creation and a chmod)."""
+    if not private:
+        path.write_bytes(data)
+        return
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
 
 
 def make_tls(out: Path, hosts: Sequence[str], days: int = 365) -> None:
-    """A CA and a server certificate for ``hosts``, signed by it."""
+    """A CA and a server certificate for ``hosts``, signed by it (replacing any there)."""
     now = dt.datetime.now(dt.UTC)
     start, end = now - dt.timedelta(minutes=5), now + dt.timedelta(days=days)
+    for name in ("ca.key", "ca.crt", "server.key", "server.pem"):
+        (out / name).unlink(missing_ok=True)
 
     ca_key = ec.generate_private_key(ec.SECP384R1())
     ca_name = _name("G2I-Fed development CA")
@@ -126,9 +154,18 @@ def make_tls(out: Path, hosts: Sequence[str], days: int = 365) -> None:
 
 
 def make_supernode_keys(out: Path, name: str) -> tuple[Path, Path]:
-    """An EC P-384 key pair in OpenSSH format: (private key, public key)."""
+    """An EC P-384 key pair in OpenSSH format: (private key, public key).
+
+    Refuses (``FileExistsError``) to replace a site's existing key: its public key may be
+    registered with a SuperLink already.
+    """
+    private, public = out / check_site_name(name), out / f"{name}.pub"
+    if private.exists() or public.exists():
+        raise FileExistsError(
+            f"{private} already exists: this site has a key (registered with the SuperLink?); "
+            "delete it first to make a new one"
+        )
     key = ec.generate_private_key(ec.SECP384R1())
-    private, public = out / name, out / f"{name}.pub"
     _write(
         private,
         key.private_bytes(
@@ -164,16 +201,32 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="one authentication key pair per name",
     )
     parser.add_argument("--days", type=int, default=365)
+    parser.add_argument(
+        "--new-ca",
+        action="store_true",
+        help="make a new CA and SuperLink certificate even if --out holds one (every site "
+        "must then get the new ca.crt)",
+    )
     args = parser.parse_args(argv)
+    try:
+        names = [check_site_name(n) for n in args.supernodes]
+    except ValueError as err:
+        parser.error(str(err))
+    taken = [n for n in names if (args.out / n).exists() or (args.out / f"{n}.pub").exists()]
+    if taken:
+        parser.error(f"{args.out} already holds a key for {', '.join(taken)}; nothing written")
 
     args.out.mkdir(parents=True, exist_ok=True)
-    make_tls(args.out, args.hosts, args.days)
-    for name in args.supernodes:
+    args.out.chmod(0o700)
+    have_ca = all((args.out / f).exists() for f in ("ca.crt", "ca.key", "server.pem"))
+    if args.new_ca or not have_ca:
+        make_tls(args.out, args.hosts, args.days)
+        tls = f"a new CA and SuperLink certificate (SAN: {', '.join(args.hosts)})"
+    else:
+        tls = "the existing CA and SuperLink certificate (kept)"
+    for name in names:
         make_supernode_keys(args.out, name)
-    print(
-        f"wrote ca.crt, server.pem, server.key and {len(args.supernodes)} SuperNode key "
-        f"pair(s) to {args.out} (SAN: {', '.join(args.hosts)})"
-    )
+    print(f"{args.out}: {tls}; new SuperNode key pairs: {', '.join(names) or 'none'}")
 
 
 if __name__ == "__main__":
