@@ -104,6 +104,9 @@ class DataConfig:
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     qc: QCConfig = field(default_factory=QCConfig)
+    # A scan whose correlation with the MNI152 template (over its brain) is below this is
+    # excluded as not registered to MNI; registered scans give ~0.9, a 25 mm shift ~0.35.
+    mni_min_correlation: float = 0.5
     # Diagnosis column ("auto": DX, else DX_bl) and vocabulary -> CN / MCI / AD.
     dx_column: str = "auto"
     dx_map: dict[str, str] = field(

@@ -1,7 +1,15 @@
 """NIfTI T1 volumes to normalised axial slices in MNI space, as named composable steps.
 
-load (nibabel) -> check -> reorient to RAS -> check MNI-like extent -> intensity scaling ->
-axial slice(s) at MNI z (mm) resampled on a square MNI canvas.
+load (nibabel) -> check header and data -> reorient to RAS -> check MNI space (voxel size,
+extent, similarity to the MNI152 template) -> intensity scaling -> axial slice(s) at MNI z
+(mm) resampled on a square MNI canvas.
+
+Which transform is used: the sform when its code is non-zero, else the qform (nibabel's
+rule). Both codes 0 (no stated voxel-to-world mapping) and an sform and qform that disagree
+by more than ``TRANSFORM_TOLERANCE_MM`` are refused: either could mirror or shift the slice.
+Registration is checked by the correlation of the scan with the MNI152 2009 template (nilearn)
+over the template's brain; a left-right mirror of a brain correlates as well as the brain
+itself, so only the header rules above guard against a flipped axis.
 
 Slice arrays are ``(H, W)`` on a square MNI canvas: rows run from y = +91 mm (anterior, top)
 to y = -126 mm (posterior), columns from x = -108.5 mm to x = +108.5 mm (the subject's left
@@ -13,6 +21,7 @@ paper's CIVET output is).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import nibabel as nib
@@ -27,6 +36,14 @@ CANVAS_Y_MM = (91.0, -126.0)  # top row, bottom row
 CANVAS_X_MM = (-108.5, 108.5)  # first column, last column
 # A brain registered to MNI152 fits in this box (mm); the image's extent must cover it.
 MNI_BRAIN_BOX = ((-70.0, 70.0), (-100.0, 65.0), (-45.0, 75.0))
+# The sform and qform may differ by this much (mm, at any corner of the volume) before they
+# count as disagreeing; a qform cannot hold shears, so small differences are legitimate.
+TRANSFORM_TOLERANCE_MM = 2.0
+# Default minimum correlation with the MNI152 template (DataConfig.mni_min_correlation):
+# registered synthetic scans give ~0.96, a 10 mm shift ~0.55-0.63, 25 mm ~0.33, a 10% voxel
+# size error ~0.42.
+MNI_MIN_CORRELATION = 0.5
+NORMALIZATIONS = ("percentile", "zscore")
 
 
 @dataclass(frozen=True)
@@ -68,6 +85,7 @@ def load_volume(path: str | Path) -> nib.Nifti1Image:
         data = np.asarray(img.dataobj, dtype=np.float32)
     except Exception as exc:  # nibabel raises many types for damaged files
         raise ImageFormatError(f"cannot read as NIfTI ({type(exc).__name__}: {exc})", path) from exc
+    check_transforms(img, path)
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim != 3:
@@ -86,8 +104,69 @@ def load_volume(path: str | Path) -> nib.Nifti1Image:
     return nib.as_closest_canonical(clean)
 
 
-def check_mni_space(img: nib.Nifti1Image, path: str | Path | None = None) -> None:
-    """Raise unless the volume's voxel size is plausible and its extent covers an MNI brain."""
+def check_transforms(img: nib.spatialimages.SpatialImage, path: str | Path | None = None) -> None:
+    """Refuse a NIfTI whose sform and qform codes are both 0, or whose coded sform and qform
+    disagree (see the module docstring)."""
+    if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
+        return
+    sform, s_code = img.get_sform(coded=True)
+    qform, q_code = img.get_qform(coded=True)
+    if not s_code and not q_code:
+        raise ImageFormatError(
+            "sform and qform codes are both 0, so the header does not say where the voxels "
+            "are (orientation or left-right may be wrong); re-export the registered scan with "
+            "its affine (e.g. nibabel set_sform(affine, code=4) for MNI152)",
+            path,
+        )
+    if s_code and q_code:
+        corners = np.array(np.meshgrid(*[[0, n - 1] for n in img.shape[:3]], indexing="ij"))
+        corners = np.vstack([corners.reshape(3, -1), np.ones((1, 8))])
+        gap = float(np.abs((sform - qform) @ corners)[:3].max())
+        if gap > TRANSFORM_TOLERANCE_MM:
+            raise ImageFormatError(
+                f"sform (code {int(s_code)}) and qform (code {int(q_code)}) disagree by up to "
+                f"{gap:.1f} mm (orientations {''.join(nib.aff2axcodes(sform))} vs "
+                f"{''.join(nib.aff2axcodes(qform))}); one of them is wrong: set the wrong one's "
+                "code to 0 or copy the right one over it (fslorient, nibabel)",
+                path,
+            )
+
+
+@lru_cache(maxsize=1)
+def _template_samples() -> tuple[np.ndarray, np.ndarray]:
+    """MNI152 2009 template (2 mm, nilearn) at a subsample of voxels in and around the brain:
+    world points (3, n) mm and template values (n,)."""
+    from nilearn import datasets
+
+    template = datasets.load_mni152_template(resolution=2)
+    brain = datasets.load_mni152_brain_mask(resolution=2).get_fdata() > 0
+    brain = ndimage.binary_dilation(brain, iterations=3)
+    idx = np.argwhere(brain)[::4].T
+    world = template.affine[:3, :3] @ idx + template.affine[:3, 3:4]
+    return world, template.get_fdata(dtype=np.float32)[tuple(idx)]
+
+
+def mni_similarity(img: nib.Nifti1Image, x: np.ndarray | None = None) -> float:
+    """Pearson correlation of the volume (``x``, default its data) with the MNI152 template
+    over the template's brain, sampling the volume at the template's points (mm)."""
+    world, template = _template_samples()
+    data = np.asarray(img.dataobj, dtype=np.float32) if x is None else x
+    inv = np.linalg.inv(img.affine)
+    vox = inv[:3, :3] @ world + inv[:3, 3:4]
+    sampled = ndimage.map_coordinates(data, vox, order=1, mode="constant", cval=0.0)
+    if sampled.std() == 0:
+        return 0.0
+    return float(np.corrcoef(sampled, template)[0, 1])
+
+
+def check_mni_space(
+    img: nib.Nifti1Image,
+    path: str | Path | None = None,
+    min_correlation: float | None = MNI_MIN_CORRELATION,
+) -> None:
+    """Raise unless the volume's voxel size is plausible, its extent covers an MNI brain and
+    (unless ``min_correlation`` is None) it correlates with the MNI152 template at least
+    ``min_correlation``."""
     zooms = np.sqrt((img.affine[:3, :3] ** 2).sum(axis=0))
     if np.any(zooms < 0.3) or np.any(zooms > 8.0):
         raise ImageFormatError(
@@ -105,6 +184,16 @@ def check_mni_space(img: nib.Nifti1Image, path: str | Path | None = None) -> Non
                 f"brain ({b_lo:.0f}..{b_hi:.0f} mm); is it registered to MNI152?",
                 path,
             )
+    if min_correlation is None:
+        return
+    r = mni_similarity(img)
+    if r < min_correlation:
+        raise ImageFormatError(
+            f"correlation with the MNI152 template is {r:.2f} (< {min_correlation:g}, "
+            "data.mni_min_correlation): the scan is not registered to MNI152 (shifted, scaled "
+            "or a wrong voxel size in the header); register it, or lower the threshold",
+            path,
+        )
 
 
 def foreground_mask(x: np.ndarray) -> np.ndarray:
@@ -175,11 +264,24 @@ def extract_slices(
     spec: SliceSpec,
     normalization: str = "percentile",
     percentiles: tuple[float, float] = (0.5, 99.5),
+    min_correlation: float | None = MNI_MIN_CORRELATION,
 ) -> np.ndarray:
-    """The whole chain for one scan: (n_slices, image_size, image_size) float32."""
+    """The whole chain for one scan: (n_slices, image_size, image_size) float32.
+
+    Raises:
+        ImageFormatError: for anything wrong with this scan (the file named), including an
+            intensity range that cannot be normalised.
+    """
+    if normalization not in NORMALIZATIONS:  # a config error, not this scan's
+        raise ValueError(f"unknown normalization {normalization!r}; use 'percentile' or 'zscore'")
     img = load_volume(path)
-    check_mni_space(img, path)
-    x = normalize_intensity(np.asarray(img.dataobj, dtype=np.float32), normalization, percentiles)
+    check_mni_space(img, path, min_correlation)
+    try:
+        x = normalize_intensity(
+            np.asarray(img.dataobj, dtype=np.float32), normalization, percentiles
+        )
+    except ValueError as exc:
+        raise ImageFormatError(f"cannot normalise intensities: {exc}", path) from None
     return axial_slices(img, x, spec)
 
 
