@@ -22,6 +22,8 @@ from g2i_models.datasets import DataSourceError, load_datasets
 from g2i_models.device import get_device
 from g2i_models.pipeline import G2IPipeline, generate
 from g2i_models.plots import CLASS_NAMES, save_sample_grid
+from preprocessing.errors import ModelInputError
+from preprocessing.site_inputs import decode_text
 
 
 def setup_logging() -> None:
@@ -79,24 +81,104 @@ def _parse_generate(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def load_model_dir(model_dir: Path) -> G2IPipeline:
+    """``G2IPipeline.from_pretrained`` with a message naming the folder when it is not one."""
+    if not (model_dir / "model_index.json").is_file():
+        hint = " (the run folder? pass RUN/model)" if (model_dir / "model").is_dir() else ""
+        raise ModelInputError(
+            f"not a model folder{hint}: no model_index.json; pass the model/ folder written "
+            "by g2i-train or the federation",
+            model_dir,
+        )
+    diffusers_logging.disable_progress_bar()  # one-line output on error
+    try:
+        return G2IPipeline.from_pretrained(model_dir)
+    except (OSError, ValueError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelInputError(
+            f"cannot load the model ({first}); is the folder complete?", model_dir
+        ) from None
+    finally:
+        diffusers_logging.enable_progress_bar()
+
+
+def read_genotype_rows(path: Path, n_snps: int | None) -> torch.Tensor:
+    """(n, n_snps) int64 genotypes from a CSV of 0/1/2/3 values, one subject per row.
+
+    A first line that is not all numbers is a header (SNP names) and skipped. UTF-8 with or
+    without BOM, or latin-1.
+
+    Raises:
+        ModelInputError: a missing or empty file, a header without rows, a value outside
+            0/1/2/3, a row of the wrong length; each naming the line.
+    """
+    if not path.is_file():
+        raise ModelInputError("genotype CSV not found", path)
+    text, _ = decode_text(path)
+    lines = [(n, ln) for n, ln in enumerate(text.splitlines(), start=1) if ln.strip()]
+    if not lines:
+        raise ModelInputError(
+            "empty file; write one subject per line of comma-separated 0/1/2/3 values", path
+        )
+    first = [v.strip() for v in lines[0][1].split(",")]
+    if not all(v.lstrip("-").isdigit() for v in first):
+        lines = lines[1:]  # a header of SNP names
+        if not lines:
+            raise ModelInputError(
+                "only a header, no genotype rows; add one subject per line", path, 1
+            )
+    rows: list[list[int]] = []
+    for n, line in lines:
+        fields = [v.strip() for v in line.split(",")]
+        bad = [v for v in fields if v not in ("0", "1", "2", "3")]
+        if bad:
+            raise ModelInputError(
+                f"genotype value {bad[0]!r}; use 0, 1, 2 (risk-allele copies) or 3 (missing)",
+                path,
+                n,
+            )
+        if n_snps is not None and len(fields) != n_snps:
+            raise ModelInputError(
+                f"{len(fields)} values where the model has {n_snps} SNPs; give one value "
+                "per SNP, in the model's panel order",
+                path,
+                n,
+            )
+        rows.append([int(v) for v in fields])
+    return torch.tensor(rows, dtype=torch.int64)
+
+
 def generate_main(argv: Sequence[str] | None = None) -> int:
     """``g2i-generate MODEL_DIR``: writes samples.png and samples.pt (images, genotypes,
-    labels) to ``--out``."""
+    labels) to ``--out``. Bad input exits 2 with a one-line message."""
     args = _parse_generate(argv)
     diffusers_logging.set_verbosity_error()
-    pipe = G2IPipeline.from_pretrained(args.model_dir).to(get_device(args.device))
+    try:
+        return _generate(args)
+    except ModelInputError as err:
+        print(f"g2i-generate: {err}", file=sys.stderr)
+        return 2
+
+
+def _generate(args: argparse.Namespace) -> int:
+    if args.per_class < 1:
+        raise ModelInputError(f"--per-class must be >= 1, got {args.per_class}")
+    pipe = load_model_dir(args.model_dir).to(get_device(args.device))
     num_classes = pipe.config.num_classes
     classes = list(range(num_classes)) if args.labels is None else args.labels
+    wrong = [k for k in classes if not 0 <= k < num_classes]
+    if wrong:
+        raise ModelInputError(
+            f"--labels {wrong} outside 0..{num_classes - 1} (0 CN, 1 MCI, 2 AD)", args.model_dir
+        )
     labels = torch.tensor([k for k in classes for _ in range(args.per_class)])
     generator = torch.Generator().manual_seed(args.seed)
     if args.genotypes is not None:
-        rows = torch.tensor(
-            [
-                [int(v) for v in line.split(",")]
-                for line in args.genotypes.read_text().splitlines()
-                if line.strip()
-            ]
-        )
+        if pipe.snp_encoder is None:
+            raise ModelInputError(
+                "this model is label-only (no SNP encoder); drop --genotypes", args.model_dir
+            )
+        rows = read_genotype_rows(args.genotypes, int(pipe.snp_encoder.config.n_snps))
         genotypes = rows[torch.arange(len(labels)) % len(rows)]
     elif pipe.snp_encoder is not None:
         genotypes = pipe.sample_genotypes(len(labels), generator)

@@ -15,7 +15,6 @@ the APOE e4 count.
 
 from __future__ import annotations
 
-import csv
 import json
 from dataclasses import dataclass, field
 from importlib import resources
@@ -27,6 +26,7 @@ import pandas as pd
 from preprocessing.bed_kernels import A1_COUNT_OF_CODE, decode_rows
 from preprocessing.errors import GenotypeFormatError
 from preprocessing.plink import PlinkFileset, read_plink
+from preprocessing.site_inputs import check_unique_iids, read_clinical_rows
 
 MISSING = -1
 APOE_E4_SNP = "rs429358"
@@ -157,31 +157,35 @@ def risk_allele_counts(fs: PlinkFileset, row: int, risk_is_a1: bool) -> np.ndarr
 
 
 def apoe_from_clinical(path: str | Path, iids: list[str]) -> np.ndarray:
-    """(len(iids),) int8 e4 copies from APGEN1/APGEN2 of a clinical.csv (PTID = IID);
-    MISSING for subjects absent from the table or with an empty APGEN."""
-    path = Path(path)
-    try:
-        fh = open(path, newline="")
-    except FileNotFoundError:
-        raise GenotypeFormatError("clinical table not found", path) from None
-    with fh:
-        reader = csv.DictReader(fh)
-        cols = reader.fieldnames or []
-        need = [c for c in ("PTID", "APGEN1", "APGEN2") if c not in cols]
-        if need:
+    """(len(iids),) int8 e4 copies from APGEN1/APGEN2 of a clinical.csv (PTID = IID), read
+    with the sites' one clinical-table reader (encodings, BOM, stripped IDs); MISSING for
+    subjects absent from the table, with an empty APGEN, or whose rows disagree."""
+    table = read_clinical_rows(path)
+    rows = table.rows
+    need = [c for c in ("PTID", "APGEN1", "APGEN2") if c not in rows.columns]
+    if need:
+        raise GenotypeFormatError(
+            f"clinical table lacks column(s) {need} needed for the APOE e4 count (or genotype "
+            f"{APOE_E4_SNP})",
+            table.path,
+            1,
+        )
+    e4: dict[str, int] = {}
+    for sid, a1, a2, line in zip(
+        rows["PTID"], rows["APGEN1"], rows["APGEN2"], rows["_line"], strict=True
+    ):
+        vals = (str(a1), str(a2))
+        if "" in vals or "NA" in vals:
+            continue
+        if not all(v in ("2", "3", "4", "2.0", "3.0", "4.0") for v in vals):
             raise GenotypeFormatError(
-                f"clinical table lacks column(s) {need} needed for the APOE e4 count", path, 1
+                f"APGEN1/APGEN2 must be APOE alleles 2, 3 or 4, got {vals}; fix the value or "
+                "leave it empty (missing)",
+                table.path,
+                int(line),
             )
-        e4: dict[str, int] = {}
-        for n, row in enumerate(reader, start=2):
-            vals = (row["APGEN1"].strip(), row["APGEN2"].strip())
-            if "" in vals or "NA" in vals:
-                continue
-            if not all(v in ("2", "3", "4", "2.0", "3.0", "4.0") for v in vals):
-                raise GenotypeFormatError(
-                    f"APGEN1/APGEN2 must be APOE alleles 2, 3 or 4, got {vals}", path, n
-                )
-            e4[row["PTID"]] = sum(float(v) == 4 for v in vals)
+        count = sum(float(v) == 4 for v in vals)
+        e4[sid] = count if e4.get(sid, count) == count else MISSING
     return np.array([e4.get(i, MISSING) for i in iids], dtype=np.int8)
 
 
@@ -193,6 +197,7 @@ def build_panel(
     """Per-subject panel table (index IID; one int8 column per aligned catalog SNP, then
     ``APOE_e4``) and the report. Genotype codes: 0/1/2 risk-allele copies, MISSING = -1."""
     fs = bfile if isinstance(bfile, PlinkFileset) else read_plink(bfile)
+    check_unique_iids(fs.fam.fid, fs.fam.iid, fs.prefix.with_name(fs.prefix.name + ".fam"))
     snps = catalog if isinstance(catalog, list) else load_catalog(catalog)
     ids = fs.bim.strings(1)
     row_of = {snp_id: i for i, snp_id in enumerate(ids)}

@@ -213,26 +213,31 @@ def scan_files(mri_dir: str | Path) -> dict[str, Path]:
 
 
 def genotyped_ids(fam_path: str | Path) -> list[str]:
-    """IIDs of a .fam in file order.
+    """IIDs of a .fam in file order (``check_unique_iids`` applied)."""
+    fam = read_fam(fam_path)
+    check_unique_iids(fam.fid, fam.iid, fam_path)
+    return list(fam.iid)
+
+
+def check_unique_iids(fid: list[str], iid: list[str], fam_path: str | Path) -> None:
+    """Raise when an IID is under more than one FID (one sample genotyped in two batches):
+    subjects are joined by IID, so the rows of such a sample would be confused.
 
     Raises:
-        GenotypeFormatError: an IID under more than one FID (the join is by IID, so its rows
-            would be confused), naming the IIDs and how to keep one copy.
+        GenotypeFormatError: naming the IIDs, their FIDs and how to keep one copy.
     """
-    fam = read_fam(fam_path)
     fids: dict[str, list[str]] = {}
-    for fid, iid in zip(fam.fid, fam.iid, strict=True):
-        fids.setdefault(iid, []).append(fid)
-    dups = {iid: f for iid, f in fids.items() if len(f) > 1}
+    for f, i in zip(fid, iid, strict=True):
+        fids.setdefault(i, []).append(f)
+    dups = {i: f for i, f in fids.items() if len(f) > 1}
     if dups:
-        shown = "; ".join(f"IID {iid} under FIDs {', '.join(f)}" for iid, f in list(dups.items()))
+        shown = "; ".join(f"IID {i} under FIDs {', '.join(f)}" for i, f in dups.items())
         raise GenotypeFormatError(
             f"{len(dups)} IID(s) appear more than once ({_cap(shown)}); subjects are joined by "
             "IID, so keep one copy of each sample (plink1.9 --bfile genotypes --remove "
             "drop.txt --make-bed, drop.txt listing the FID IID to drop) or give each its own IID",
             fam_path,
         )
-    return list(fam.iid)
 
 
 def _cap(text: str, sep: str = "; ") -> str:
