@@ -12,7 +12,12 @@ answers, so the package works where the extension could not be built.
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -31,7 +36,62 @@ CODES_OF_BYTE = ((np.arange(256, dtype=np.uint16)[:, None] >> (2 * np.arange(4))
 A1_COUNT_OF_CODE = np.array([2, -1, 1, 0], dtype=np.int8)
 _REVERSE_CODE = np.array([3, 1, 2, 0], dtype=np.uint8)
 
-_ROWS_PER_TASK = 1 << 15
+# Rows per block: about 2 MiB of .bed bytes, so a block and its kernel state stay in cache.
+_BLOCK_BYTES = 1 << 21
+
+T = TypeVar("T")
+
+
+class BedFile:
+    """The genotype rows of a SNP-major .bed, read with ``os.preadv`` into reused buffers.
+
+    Reading instead of mapping keeps the file's pages in the page cache but out of this
+    process's resident memory, and ``preadv`` releases the GIL, so blocks are read on the
+    worker threads. The file stays open (a rename of the path does not affect reads).
+    shape: (n_snps, bytes per row).
+    """
+
+    def __init__(self, path: str | Path, n_snps: int, nb: int, offset: int = 3) -> None:
+        self.path = Path(path)
+        self.shape = (n_snps, nb)
+        self.offset = offset
+        self._fd: int | None = os.open(self.path, os.O_RDONLY)
+        self._local = threading.local()
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop`` as (stop - start, nb) uint8, in this thread's buffer (valid
+        until the thread's next call)."""
+        nb = self.shape[1]
+        n = (stop - start) * nb
+        buf = getattr(self._local, "buf", None)
+        if buf is None or buf.size < n:
+            buf = self._local.buf = np.empty(max(n, _BLOCK_BYTES), dtype=np.uint8)
+        view = buf[:n]
+        done = 0
+        while done < n:
+            got = os.preadv(self._fd, [view[done:]], self.offset + start * nb + done)
+            if got <= 0:
+                raise OSError(f"{self.path}: unexpected end of file (truncated while reading?)")
+            done += got
+        return view.reshape(stop - start, nb)
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        start, stop, step = rows.indices(self.shape[0])
+        if step != 1:
+            raise IndexError("BedFile rows take a contiguous slice")
+        return self.rows(start, stop).copy()
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __del__(self) -> None:
+        self.close()
+
+
+# What the kernels read rows from.
+Rows = np.ndarray | BedFile
 
 
 def n_threads() -> int:
@@ -51,20 +111,41 @@ def sample_mask_words(selected: np.ndarray) -> np.ndarray:
     return np.packbits(bits, bitorder="little").view("<u8").astype(np.uint64)
 
 
-def _blocks(start: int, stop: int) -> list[tuple[int, int]]:
-    """Row blocks: at most _ROWS_PER_TASK rows, and at least one per thread."""
-    size = min(_ROWS_PER_TASK, max(2048, -(-(stop - start) // n_threads())))
+def block_rows(nb: int) -> int:
+    """Rows per block for rows of ``nb`` bytes."""
+    return max(16, _BLOCK_BYTES // max(nb, 1))
+
+
+def row_blocks(start: int, stop: int, nb: int) -> list[tuple[int, int]]:
+    """Blocks (a, b) covering rows ``start:stop``."""
+    size = block_rows(nb)
     return [(s, min(s + size, stop)) for s in range(start, stop, size)]
 
 
-def _run_blocks(fn, blocks: list[tuple[int, int]]) -> None:
-    threads = n_threads()
-    if threads == 1 or len(blocks) == 1:
-        for b in blocks:
-            fn(*b)
+def read_rows(bed: Rows, start: int, stop: int) -> np.ndarray:
+    """Rows ``start:stop`` of an array or a ``BedFile`` (C-contiguous (n, nb) uint8)."""
+    if isinstance(bed, BedFile):
+        return bed.rows(start, stop)
+    return np.ascontiguousarray(bed[start:stop], dtype=np.uint8)
+
+
+def map_ordered(fn: Callable[..., T], blocks: Sequence[tuple[int, int]], threads: int | None = None
+                ) -> Iterator[T]:  # fmt: skip
+    """``fn(a, b)`` for each block, on ``threads`` threads, yielded in block order with at most
+    two blocks per thread in flight (so results are consumed as they come)."""
+    threads = n_threads() if threads is None else threads
+    if threads == 1 or len(blocks) <= 1:
+        for a, b in blocks:
+            yield fn(a, b)
         return
     with ThreadPoolExecutor(threads) as pool:
-        list(pool.map(lambda b: fn(*b), blocks))
+        pending: deque[Future[T]] = deque()
+        for a, b in blocks:
+            pending.append(pool.submit(fn, a, b))
+            if len(pending) >= 2 * threads:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def decode_rows(rows: np.ndarray, n_samples: int) -> np.ndarray:
@@ -74,81 +155,90 @@ def decode_rows(rows: np.ndarray, n_samples: int) -> np.ndarray:
 
 
 def count_genotypes(
-    bed: np.ndarray,
+    bed: Rows,
     n_samples: int,
     masks: list[np.ndarray],
     start: int = 0,
     stop: int | None = None,
+    threads: int | None = None,
 ) -> np.ndarray:
     """Genotype counts of rows ``start:stop`` within each sample subset.
 
-    bed: (n_snps, ceil(n_samples/4)) uint8 (a memory map is fine); masks: boolean
+    bed: (n_snps, ceil(n_samples/4)) uint8 array or a ``BedFile``; masks: boolean
     (n_samples,) arrays. Returns (n_masks, 4, n_rows) int32 counts of
     [hom A1, het, hom A2, missing] (.bim A1 = column 5), one contiguous row per count.
     """
     stop = bed.shape[0] if stop is None else stop
     n_rows = stop - start
-    raw = np.zeros((len(masks), 3, n_rows), dtype=np.uint32)
-    if n_rows and masks:
-        if _ext is not None and bed.flags.c_contiguous and len(masks) <= 16:
-            words = np.ascontiguousarray(np.stack([sample_mask_words(m) for m in masks]))
-            nb = bed.shape[1]
-
-            def run(a: int, b: int) -> None:
-                # each block writes its own columns of the shared (K, 3, n_rows) array
-                view = raw.reshape(-1)[a - start :]
-                _ext.count_masks(bed, nb, a, b, words, len(masks), view, n_rows)
-
-            _run_blocks(run, _blocks(start, stop))
-        else:
-            _count_numpy(bed, n_samples, masks, start, stop, raw)
-    lo, hi, both = (raw[:, k].view(np.int32) for k in range(3))
-    out = np.empty((len(masks), 4, n_rows), dtype=np.int32)
+    out = np.zeros((len(masks), 4, n_rows), dtype=np.int32)
+    if not (n_rows and masks):
+        return out
+    nb = bed.shape[1]
     sizes = np.array([int(np.count_nonzero(m)) for m in masks], dtype=np.int32)[:, None]
-    np.copyto(out[:, 2], both)
-    np.subtract(hi, both, out=out[:, 1])
-    np.subtract(lo, both, out=out[:, 3])
-    out[:, 0] = sizes - lo - hi + both
+    fast = _ext is not None and len(masks) <= 16
+    words = np.ascontiguousarray(np.stack([sample_mask_words(m) for m in masks])) if fast else None
+
+    def run(a: int, b: int) -> None:
+        rows = read_rows(bed, a, b)
+        raw = np.zeros((len(masks), 3, b - a), dtype=np.uint32)
+        if fast:
+            _ext.count_masks(rows, nb, 0, b - a, words, len(masks), raw, b - a)
+        else:
+            _count_numpy(rows, n_samples, masks, raw)
+        lo, hi, both = (raw[:, k].view(np.int32) for k in range(3))
+        o = out[:, :, a - start : b - start]
+        np.copyto(o[:, 2], both)
+        np.subtract(hi, both, out=o[:, 1])
+        np.subtract(lo, both, out=o[:, 3])
+        o[:, 0] = sizes - lo - hi + both
+
+    for _ in map_ordered(run, row_blocks(start, stop, nb), threads):
+        pass
     return out
 
 
-def _count_numpy(bed, n_samples, masks, start, stop, raw) -> None:
+def _count_numpy(rows: np.ndarray, n_samples: int, masks: list[np.ndarray], raw: np.ndarray
+                 ) -> None:  # fmt: skip
     sel = np.stack([np.asarray(m, dtype=bool) for m in masks]).astype(np.uint32)  # (K, n)
-    for a in range(start, stop, 4096):
-        b = min(a + 4096, stop)
-        codes = decode_rows(bed[a:b], n_samples)
+    for a in range(0, rows.shape[0], 4096):
+        b = min(a + 4096, rows.shape[0])
+        codes = decode_rows(rows[a:b], n_samples)
         lo = (codes & 1).astype(np.uint32)
         hi = (codes >> 1).astype(np.uint32)
         for k, x in enumerate((lo, hi, lo & hi)):
-            raw[:, k, a - start : b - start] = sel @ x.T
+            raw[:, k, a:b] = sel @ x.T
 
 
 def sample_missing_counts(
-    bed: np.ndarray, n_samples: int, mask: np.ndarray, start: int = 0, stop: int | None = None
+    bed: Rows,
+    n_samples: int,
+    mask: np.ndarray,
+    start: int = 0,
+    stop: int | None = None,
+    threads: int | None = None,
 ) -> np.ndarray:
     """Missing calls per sample over rows ``start:stop``, counting only samples in ``mask``.
 
     Returns (n_samples,) int64.
     """
     stop = bed.shape[0] if stop is None else stop
-    if stop <= start:
-        return np.zeros(n_samples, dtype=np.int64)
-    if _ext is not None and bed.flags.c_contiguous:
-        words = sample_mask_words(mask)
-        nb = bed.shape[1]
-        parts: list[np.ndarray] = []
-
-        def run(a: int, b: int) -> None:
-            acc = np.zeros(words.size * 32, dtype=np.uint32)
-            _ext.sample_missing(bed, nb, a, b, words, acc)
-            parts.append(acc)
-
-        _run_blocks(run, _blocks(start, stop))
-        return np.sum(parts, axis=0, dtype=np.int64)[:n_samples]
     total = np.zeros(n_samples, dtype=np.int64)
-    for a in range(start, stop, 4096):
-        total += (decode_rows(bed[a : min(a + 4096, stop)], n_samples) == 1).sum(axis=0)
-    return np.where(np.asarray(mask, dtype=bool), total, 0)
+    if stop <= start:
+        return total
+    nb = bed.shape[1]
+    words = sample_mask_words(mask) if _ext is not None else None
+
+    def run(a: int, b: int) -> np.ndarray:
+        rows = read_rows(bed, a, b)
+        if words is not None:
+            acc = np.zeros(words.size * 32, dtype=np.uint32)
+            _ext.sample_missing(rows, nb, 0, b - a, words, acc)
+            return acc[:n_samples]
+        return (decode_rows(rows, n_samples) == 1).sum(axis=0)
+
+    for part in map_ordered(run, row_blocks(start, stop, nb), threads):
+        total += part
+    return total if words is not None else np.where(np.asarray(mask, dtype=bool), total, 0)
 
 
 def extract_rows(
@@ -157,11 +247,13 @@ def extract_rows(
     rows: np.ndarray,
     reverse: np.ndarray,
     keep_samples: np.ndarray | None = None,
+    threads: int | None = None,
 ) -> np.ndarray:
     """Selected rows repacked for the kept samples, A1/A2 swapped where ``reverse``.
 
-    rows: (n_out,) int indices; reverse: (n_out,) bool; keep_samples: ascending sample
-    indices, or None for all. Returns (n_out, ceil(n_keep/4)) uint8 with zero padding bits.
+    bed: an array (a memory map is fine); rows: (n_out,) int indices; reverse: (n_out,) bool;
+    keep_samples: ascending sample indices, or None for all. Returns (n_out, ceil(n_keep/4))
+    uint8 with zero padding bits.
     """
     rows = np.ascontiguousarray(rows, dtype=np.int64)
     rev = np.ascontiguousarray(reverse, dtype=np.uint8)
@@ -179,7 +271,8 @@ def extract_rows(
         def run(a: int, b: int) -> None:
             _ext.extract_rows(bed, nb, rows[a:b], rev[a:b], keep, n_keep, out[a:b])
 
-        _run_blocks(run, _blocks(0, rows.size))
+        for _ in map_ordered(run, row_blocks(0, rows.size, nb), threads):
+            pass
         return out
     weights = (1 << (2 * np.arange(4))).astype(np.uint8)
     for a in range(0, rows.size, 4096):

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from preprocessing.bed_kernels import _ext
+from preprocessing.bed_kernels import BedFile, Rows, _ext
 from preprocessing.errors import GenotypeFormatError
 from preprocessing.plink_io import BED_MAGIC
 
@@ -109,12 +109,20 @@ class Bim:
 
 @dataclass
 class PlinkFileset:
-    """A validated fileset: ``bed`` is (n_snps, ceil(n_samples/4)) uint8, memory-mapped."""
+    """A validated fileset: ``bed`` is (n_snps, ceil(n_samples/4)) uint8, memory-mapped;
+    ``bed_file`` reads the same rows into buffers (what whole-file passes use, so that the
+    file's pages are not mapped into the process)."""
 
     prefix: Path
     fam: Fam
     bim: Bim
     bed: np.ndarray
+    bed_file: BedFile | None = None
+
+    @property
+    def rows(self) -> Rows:
+        """Where the kernels read genotype rows from: ``bed_file``, else ``bed``."""
+        return self.bed if self.bed_file is None else self.bed_file
 
     @property
     def n_samples(self) -> int:
@@ -184,9 +192,12 @@ def read_bim(path: str | Path) -> Bim:
         starts, ends, line_no = _tokenize(raw, path, 6)
         pos = flags = None
     n = starts.shape[0]
-    bim = Bim(raw, starts, ends, line_no, np.zeros(n, np.int16), np.zeros(n, np.int64))
     if n == 0:
-        return bim
+        raise GenotypeFormatError(
+            "no variants (the .bim is empty); point --bfile at a fileset that has variants",
+            path,
+        )
+    bim = Bim(raw, starts, ends, line_no, np.zeros(n, np.int16), np.zeros(n, np.int64))
     bim.chrom = _chrom_codes(bim, path)
     if pos is None or (pos < 0).any():
         pos = _parse_ints(bim.column(3), line_no, path, "base-pair position")
@@ -394,8 +405,9 @@ def read_plink(prefix: str | Path) -> PlinkFileset:
     prefix = Path(prefix)
     fam = read_fam(prefix.with_name(prefix.name + ".fam"))
     bim = read_bim(prefix.with_name(prefix.name + ".bim"))
-    bed = open_bed(prefix.with_name(prefix.name + ".bed"), fam.n, bim.n)
-    return PlinkFileset(prefix, fam, bim, bed)
+    bed_path = prefix.with_name(prefix.name + ".bed")
+    bed = open_bed(bed_path, fam.n, bim.n)
+    return PlinkFileset(prefix, fam, bim, bed, BedFile(bed_path, *bed.shape) if bed.size else None)
 
 
 def write_bim_subset(

@@ -24,15 +24,24 @@ share every rule. PLINK 1.9 semantics reproduced here (checked against ``plink1.
 from __future__ import annotations
 
 import json
+import os
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from conf.schema import QCConfig
-from preprocessing.bed_kernels import count_genotypes, extract_rows, sample_missing_counts
+from preprocessing.bed_kernels import (
+    count_genotypes,
+    extract_rows,
+    map_ordered,
+    read_rows,
+    row_blocks,
+    sample_missing_counts,
+)
 from preprocessing.errors import G2IError, GenotypeFormatError
 from preprocessing.hwe import PLINK_SMALL_EPSILON, hwe_exact_p_array, hwe_fails
 from preprocessing.plink import (
@@ -46,6 +55,9 @@ from preprocessing.plink import (
     write_bim_subset,
     write_fam_subset,
 )
+
+if TYPE_CHECKING:  # the Hydra schema; importing it at run time costs g2i-qc OmegaConf
+    from conf.schema import QCConfig
 
 EPS = PLINK_SMALL_EPSILON
 
@@ -62,6 +74,25 @@ FILTER_NAMES = {FAILED_GENO: "geno", FAILED_HWE: "hwe", FAILED_MAF: "maf"}
 
 class QCError(G2IError):
     """QC cannot produce an output (PLINK stops in the same cases: nothing passes)."""
+
+
+@dataclass(frozen=True)
+class QCThresholds:
+    """The thresholds QC reads, with the fields of ``conf.schema.QCConfig`` (the Hydra schema,
+    accepted wherever this is: QC reads attributes only). ``g2i-qc`` builds this one, so that
+    it starts without importing Hydra/OmegaConf."""
+
+    mind: float = 0.05
+    geno: float = 0.05
+    maf: float = 0.01
+    hwe: float = 1e-5
+    hwe_midp: bool = False
+    hwe_include_nonctrl: bool = False
+
+
+def qc_options(config: QCConfig | QCThresholds) -> dict:
+    """The thresholds of a config as a plain dict (for reports)."""
+    return {f.name: getattr(config, f.name) for f in fields(QCThresholds)}
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -149,7 +180,7 @@ def hwe_tested(chrom: np.ndarray) -> np.ndarray:
 
 
 def variant_filters(
-    counts: np.ndarray, chrom: np.ndarray, config: QCConfig, controls_only: bool
+    counts: np.ndarray, chrom: np.ndarray, config: QCConfig | QCThresholds, controls_only: bool
 ) -> tuple[np.ndarray, np.ndarray]:
     """Apply ``--geno``, ``--hwe`` and ``--maf`` in PLINK's order.
 
@@ -240,33 +271,60 @@ def ploidy_segments(fileset: PlinkFileset) -> list[tuple[int, int, int]]:
     return segments
 
 
+class GroupCounter:
+    """Counts GroupCounts block by block: per ploidy segment, the groups it needs (male groups
+    on chrX/chrY only), identical masks counted once."""
+
+    def __init__(self, fileset: PlinkFileset, groups: SampleGroups) -> None:
+        self.n_samples = fileset.n_samples
+        self.segments = ploidy_segments(fileset)
+        masks = groups.masks()
+        self.plans: dict[int, tuple[list[np.ndarray], list[tuple[int, int]]]] = {}
+        for kind in {k for k, _, _ in self.segments}:
+            wanted = (
+                range(N_GROUPS) if kind in (CHROM_X, CHROM_Y) else (ALL, FOUNDERS, FOUNDER_CONTROLS)
+            )
+            distinct: list[int] = []
+            slots: list[tuple[int, int]] = []  # (group, index in distinct)
+            for g in wanted:
+                same = next(
+                    (i for i, d in enumerate(distinct) if np.array_equal(masks[d], masks[g])), None
+                )
+                if same is None:
+                    distinct.append(g)
+                    same = len(distinct) - 1
+                slots.append((g, same))
+            self.plans[kind] = ([masks[d] for d in distinct], slots)
+
+    def count(self, rows: np.ndarray, start: int) -> np.ndarray:
+        """GroupCounts (6, 4, n_rows) int32 of ``rows``, the file rows from ``start`` on."""
+        stop = start + rows.shape[0]
+        out = np.zeros((N_GROUPS, 4, rows.shape[0]), dtype=np.int32)
+        for kind, a, b in self.segments:
+            a, b = max(a, start), min(b, stop)
+            if a >= b:
+                continue
+            masks, slots = self.plans[kind]
+            c = count_genotypes(rows, self.n_samples, masks, a - start, b - start, threads=1)
+            for g, i in slots:
+                out[g, :, a - start : b - start] = c[i]
+        return out
+
+
 def group_counts(fileset: PlinkFileset, groups: SampleGroups) -> np.ndarray:
     """GroupCounts for every variant: (6, 4, n_snps) int32 [hom A1, het, hom A2, missing].
 
-    Male groups are computed on chrX/chrY only (zero elsewhere); identical masks are counted
-    once.
+    Male groups are counted on chrX/chrY only (zero elsewhere).
     """
-    n = fileset.n_snps
-    out = np.zeros((N_GROUPS, 4, n), dtype=np.int32)
-    masks = groups.masks()
-    for kind, a, b in ploidy_segments(fileset):
-        wanted = [ALL, FOUNDERS, FOUNDER_CONTROLS]
-        if kind == CHROM_X:
-            wanted = list(range(N_GROUPS))
-        elif kind == CHROM_Y:
-            wanted = [ALL, FOUNDERS, MALES, MALE_FOUNDERS]
-        distinct: list[int] = []
-        slot = {}
-        for g in wanted:
-            same = next((d for d in distinct if np.array_equal(masks[d], masks[g])), None)
-            if same is None:
-                distinct.append(g)
-                slot[g] = len(distinct) - 1
-            else:
-                slot[g] = slot[same]
-        c = count_genotypes(fileset.bed, fileset.n_samples, [masks[d] for d in distinct], a, b)
-        for g in wanted:
-            out[g, :, a:b] = c[slot[g]]
+    counter = GroupCounter(fileset, groups)
+    out = np.zeros((N_GROUPS, 4, fileset.n_snps), dtype=np.int32)
+    bed = fileset.rows
+
+    def run(a: int, b: int) -> None:
+        out[:, :, a:b] = counter.count(read_rows(bed, a, b), a)
+
+    for _ in map_ordered(run, row_blocks(0, fileset.n_snps, bed.shape[1])):
+        pass
     return out
 
 
@@ -279,8 +337,39 @@ def sample_missing(fileset: PlinkFileset) -> tuple[np.ndarray, int]:
     for kind, a, b in ploidy_segments(fileset):
         mask = male if kind == CHROM_Y else everyone
         n_y += (b - a) if kind == CHROM_Y else 0
-        total += sample_missing_counts(fileset.bed, fileset.n_samples, mask, a, b)
+        total += sample_missing_counts(fileset.rows, fileset.n_samples, mask, a, b)
     return total, n_y
+
+
+def filter_variants(
+    fileset: PlinkFileset, groups: SampleGroups, config: QCConfig | QCThresholds
+) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+    """``variant_filters`` over the whole file, block by block (the counts of a block are
+    dropped once filtered). Returns (status, a2_freq, HWE p-value of each SNP --hwe removed)."""
+    counter = GroupCounter(fileset, groups)
+    chrom, bed = fileset.bim.chrom, fileset.rows
+
+    def run(a: int, b: int) -> tuple[int, np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray]]:
+        counts = counter.count(read_rows(bed, a, b), a)
+        status, a2 = variant_filters(counts, chrom[a:b], config, groups.controls_only)
+        gone = np.flatnonzero(status == FAILED_HWE)
+        p = np.zeros(0)
+        if gone.size:
+            h = hwe_counts(counts, chrom[a:b], groups.controls_only, gone)
+            p = hwe_exact_p_array(h[0], h[1], h[2], config.hwe_midp)
+        return a, status, a2, (gone + a, p)
+
+    status = np.zeros(fileset.n_snps, dtype=np.int8)
+    a2 = np.zeros(fileset.n_snps)
+    gone_rows, gone_p = [], []
+    for a, st, f, (gone, p) in map_ordered(run, row_blocks(0, fileset.n_snps, bed.shape[1])):
+        status[a : a + st.size], a2[a : a + st.size] = st, f
+        gone_rows.append(gone)
+        gone_p.append(p)
+    gone = np.concatenate(gone_rows) if gone_rows else np.zeros(0, np.int64)
+    p = np.concatenate(gone_p) if gone_p else np.zeros(0)
+    hwe_p = dict(zip(fileset.bim.strings(1, gone), p.tolist(), strict=True)) if gone.size else {}
+    return status, a2, hwe_p
 
 
 # ----------------------------------------------------------------------------- pipeline
@@ -304,6 +393,7 @@ class QCResult:
     bim: Bim | None = field(repr=False, default=None)
     hwe_p_removed: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
+    renamed_inputs: list[tuple[str, str]] = field(default_factory=list)  # (old, new) paths
 
     @property
     def kept_samples(self) -> np.ndarray:
@@ -313,6 +403,15 @@ class QCResult:
         """IDs of the variants that failed filter ``status`` (FAILED_GENO...)."""
         rows = np.flatnonzero(self.variant_status == status)
         return self.bim.strings(1, rows) if self.bim is not None and rows.size else []
+
+    def summary(self) -> dict:
+        """Sample and variant counts (removed per filter, kept)."""
+        return {
+            "removed_mind": int(self.sample_removed_mind.sum()),
+            "kept_samples": int((~self.sample_removed_mind).sum()),
+            "removed": {n: int((self.variant_status == c).sum()) for c, n in FILTER_NAMES.items()},
+            "kept_variants": int((self.variant_status == KEPT).sum()),
+        }
 
     def report(self) -> dict:
         """Machine-readable QC report (JSON-serialisable)."""
@@ -348,7 +447,7 @@ class QCResult:
 
 def run_qc(
     bfile: str | Path | PlinkFileset,
-    config: QCConfig | None = None,
+    config: QCConfig | QCThresholds | None = None,
     out: str | Path | None = None,
     *,
     keep_allele_order: bool = False,
@@ -356,10 +455,11 @@ def run_qc(
     """Run PLINK-exact QC on a fileset; with ``out``, write ``out.bed/.bim/.fam``, ``out.irem``
     (when samples were removed), ``out.log`` and ``out.qc.json``.
 
-    Thresholds that switch a filter off: mind >= 1, geno >= 1, hwe <= 0, maf <= 0.
+    Thresholds that switch a filter off: mind >= 1, geno >= 1, hwe <= 0, maf <= 0. The file
+    is read in blocks (--mind, then the variant filters, then the output), never whole.
     """
     t0 = time.perf_counter()
-    config = config or QCConfig()
+    config = config or QCThresholds()
     fs = bfile if isinstance(bfile, PlinkFileset) else read_plink(bfile)
     fam, bim = fs.fam, fs.bim
     chromosome_runs(bim.chrom, fs.prefix)
@@ -371,23 +471,16 @@ def run_qc(
     if removed.all():
         raise QCError(f"{fs.prefix}: all samples removed due to missing genotype data (--mind)")
     groups = sample_groups(fs, ~removed, config.hwe_include_nonctrl)
-    counts = group_counts(fs, groups)
-    status, a2 = variant_filters(counts, bim.chrom, config, groups.controls_only)
+    status, a2, hwe_p = filter_variants(fs, groups, config)
     if fs.n_snps and not (status == KEPT).any():
         last = FILTER_NAMES[int(status.max())]
         raise QCError(f"{fs.prefix}: all variants removed; the last ones by --{last}")
     reverse = np.zeros(fs.n_snps, dtype=bool) if keep_allele_order else a2 < 0.5
     kept = np.flatnonzero(status == KEPT)
     order = kept[sorted_order(bim.chrom[kept], bim.pos[kept])]
-    hwe_p = {}
-    if config.hwe > 0.0:
-        gone = np.flatnonzero(status == FAILED_HWE)
-        h = hwe_counts(counts, bim.chrom, groups.controls_only, gone)
-        p = hwe_exact_p_array(h[0], h[1], h[2], config.hwe_midp)
-        hwe_p = dict(zip(bim.strings(1, gone), p.tolist(), strict=True))
     result = QCResult(
         prefix=str(fs.prefix),
-        config=asdict(config),
+        config=qc_options(config),
         keep_allele_order=keep_allele_order,
         sample_removed_mind=removed,
         variant_status=status,
@@ -409,33 +502,87 @@ def run_qc(
 
 
 def write_qc_outputs(fs: PlinkFileset, result: QCResult, out: str | Path) -> None:
-    """Write ``out.bed/.bim/.fam`` and ``out.irem`` as ``plink1.9 --make-bed`` does."""
+    """Write ``out.bed/.bim/.fam`` and ``out.irem`` as ``plink1.9 --make-bed`` does.
+
+    Each file is written under a temporary name and renamed into place when all are written,
+    so a failure leaves no partial output; an output that is an input file (``--out`` equal
+    to ``--bfile``) first has the input renamed with a trailing ``~``, as plink1.9 does (the
+    fileset keeps reading the renamed files). ``result.renamed_inputs`` lists those renames.
+    """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    result.renamed_inputs = _set_inputs_aside(fs.prefix, out)
     keep = result.kept_samples
-    order = result.output_order
     keep_idx = None if keep.all() else np.flatnonzero(keep)
-    step = 1 << 16
-    blocks = (
-        extract_rows(
-            fs.bed, fs.n_samples, order[a : a + step], result.reverse[order[a : a + step]], keep_idx
-        )
-        for a in range(0, order.size, step)
-    )
-    write_bed_rows(_with_suffix(out, ".bed"), blocks)
-    write_bim_subset(_with_suffix(out, ".bim"), fs.bim, order, result.reverse[order])
-    write_fam_subset(_with_suffix(out, ".fam"), fs.fam, keep)
+    with _replacing(out, (".bed", ".bim", ".fam")) as tmp:
+        write_bed_rows(tmp[".bed"], _output_rows(fs, result.output_order, result.reverse, keep_idx))
+        order = result.output_order
+        write_bim_subset(tmp[".bim"], fs.bim, order, result.reverse[order])
+        write_fam_subset(tmp[".fam"], fs.fam, keep)
     irem = _with_suffix(out, ".irem")
     if result.sample_removed_mind.any():
-        irem.write_text(
-            "".join(
-                f"{f}\t{i}\n"
-                for (f, i), r in zip(result.sample_ids, result.sample_removed_mind, strict=True)
-                if r
-            )
-        )
+        ids = zip(result.sample_ids, result.sample_removed_mind, strict=True)
+        _write_text(irem, "".join(f"{f}\t{i}\n" for (f, i), r in ids if r))
     elif irem.exists():
         irem.unlink()
+
+
+def _output_rows(
+    fs: PlinkFileset, order: np.ndarray, reverse: np.ndarray, keep_idx: np.ndarray | None
+) -> Iterator[np.ndarray]:
+    """The output .bed rows in blocks: rows ``order`` of the input, A1/A2 swapped where
+    ``reverse[row]``, samples ``keep_idx`` (None: all). Ascending ``order`` (a sorted input)
+    streams the input block by block; any other order gathers from the memory map."""
+    n = fs.n_samples
+    if order.size and np.all(order[1:] > order[:-1]):
+        bed = fs.rows
+        blocks = row_blocks(int(order[0]), int(order[-1]) + 1, bed.shape[1])
+        bounds = np.searchsorted(order, [a for a, _ in blocks] + [blocks[-1][1]])
+
+        def run(k: int, _: int) -> np.ndarray:
+            a, b = blocks[k]
+            rows = order[bounds[k] : bounds[k + 1]]
+            block = read_rows(bed, a, b)
+            return extract_rows(block, n, rows - a, reverse[rows], keep_idx, threads=1)
+
+        yield from map_ordered(run, [(k, k + 1) for k in range(len(blocks))])
+        return
+    step = 1 << 16
+    for a in range(0, order.size, step):
+        rows = order[a : a + step]
+        yield extract_rows(fs.bed, n, rows, reverse[rows], keep_idx)
+
+
+def _set_inputs_aside(prefix: Path, out: Path) -> list[tuple[str, str]]:
+    """Rename each input file that an output would replace to ``NAME~`` (plink1.9's rule)."""
+    renamed = []
+    for ext in (".bed", ".bim", ".fam"):
+        src, dst = _with_suffix(prefix, ext), _with_suffix(out, ext)
+        if src.exists() and dst.exists() and os.path.samefile(src, dst):
+            aside = src.with_name(src.name + "~")
+            os.replace(src, aside)
+            renamed.append((str(src), str(aside)))
+    return renamed
+
+
+@contextmanager
+def _replacing(prefix: Path, suffixes: Sequence[str]) -> Iterator[dict[str, Path]]:
+    """Temporary paths for ``prefix + suffix`` files, renamed into place on success and
+    removed on failure."""
+    tmp = {s: prefix.with_name(f".{prefix.name}{s}.{os.getpid()}.tmp") for s in suffixes}
+    try:
+        yield tmp
+    except BaseException:
+        for path in tmp.values():
+            path.unlink(missing_ok=True)
+        raise
+    for s, path in tmp.items():
+        os.replace(path, _with_suffix(prefix, s))
+
+
+def _write_text(path: Path, text: str) -> None:
+    with _replacing(path, ("",)) as tmp:
+        tmp[""].write_text(text)
 
 
 def _with_suffix(prefix: Path, suffix: str) -> Path:
@@ -445,8 +592,8 @@ def _with_suffix(prefix: Path, suffix: str) -> Path:
 def _write_report(result: QCResult, out: str | Path) -> None:
     out = Path(out)
     rep = result.report()
-    _with_suffix(out, ".qc.json").write_text(json.dumps(rep) + "\n")
-    _with_suffix(out, ".log").write_text(format_log(rep, out))
+    _write_text(_with_suffix(out, ".qc.json"), json.dumps(rep) + "\n")
+    _write_text(_with_suffix(out, ".log"), format_log(rep, out))
 
 
 def format_log(report: dict, out: Path) -> str:
@@ -488,15 +635,15 @@ def format_log(report: dict, out: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def qc_config(
+def qc_thresholds(
     mind: float | None = None,
     geno: float | None = None,
     maf: float | None = None,
     hwe: float | None = None,
     hwe_modifiers: Sequence[str] = (),
-) -> QCConfig:
-    """A QCConfig with PLINK's meaning of absent flags (filter off)."""
-    return QCConfig(
+) -> QCThresholds:
+    """Thresholds with PLINK's meaning of absent flags (filter off)."""
+    return QCThresholds(
         mind=1.0 if mind is None else mind,
         geno=1.0 if geno is None else geno,
         maf=0.0 if maf is None else maf,
@@ -504,3 +651,16 @@ def qc_config(
         hwe_midp="midp" in hwe_modifiers,
         hwe_include_nonctrl="include-nonctrl" in hwe_modifiers,
     )
+
+
+def qc_config(
+    mind: float | None = None,
+    geno: float | None = None,
+    maf: float | None = None,
+    hwe: float | None = None,
+    hwe_modifiers: Sequence[str] = (),
+) -> QCConfig:
+    """A ``conf.schema.QCConfig`` with PLINK's meaning of absent flags (filter off)."""
+    from conf.schema import QCConfig
+
+    return QCConfig(**qc_options(qc_thresholds(mind, geno, maf, hwe, hwe_modifiers)))

@@ -7,7 +7,11 @@ Takes PLINK's own flags for these filters, e.g.::
 
 and writes ``qc/site-1.bed/.bim/.fam`` (byte-identical to ``plink1.9 ... --make-bed``),
 ``qc/site-1.irem`` (samples removed by --mind), ``qc/site-1.log`` and ``qc/site-1.qc.json``.
-``--hwe 1e-5 midp include-nonctrl`` takes PLINK's modifiers. Exit status 2 on bad input.
+``--hwe 1e-5 midp include-nonctrl`` takes PLINK's modifiers. Exit status 2 on bad input,
+with a one-line message. An ``--out`` equal to ``--bfile`` renames the inputs to
+``PREFIX.bed~/.bim~/.fam~`` first, as plink1.9 does.
+
+Only the QC modules are imported (no Hydra/OmegaConf): start-up is part of the wall time.
 """
 
 from __future__ import annotations
@@ -15,22 +19,40 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-
-from preprocessing.errors import G2IError
-from preprocessing.qc import qc_config, run_qc
+from typing import NoReturn
 
 HWE_MODIFIERS = ("midp", "include-nonctrl")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage block)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _fraction(text: str) -> float:
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"{text} is not in [0, 1]")
     return value
 
 
+def _maf(text: str) -> float:
+    value = _fraction(text)
+    if value > 0.5:
+        raise argparse.ArgumentTypeError(
+            f"{text} is too large: the minor allele frequency is at most 0.5 (PLINK refuses "
+            "it too); pass a threshold in [0, 0.5]"
+        )
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="g2i-qc",
         description="PLINK 1.9-exact genotype QC (--mind, --geno, --hwe, --maf, --make-bed).",
     )
@@ -38,7 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="plink", help="output prefix (default: plink)")
     p.add_argument("--mind", type=_fraction, nargs="?", const=0.1, help="max sample missing rate")
     p.add_argument("--geno", type=_fraction, nargs="?", const=0.1, help="max SNP missing rate")
-    p.add_argument("--maf", type=_fraction, nargs="?", const=0.01, help="min minor allele freq")
+    p.add_argument(
+        "--maf", type=_maf, nargs="?", const=0.01, help="min minor allele freq (at most 0.5)"
+    )
     p.add_argument(
         "--hwe",
         nargs="+",
@@ -52,41 +76,56 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _hwe_option(values: list[str] | None) -> tuple[float | None, tuple[str, ...]]:
+    """--hwe P [modifiers] -> (threshold or None, modifiers); SystemExit(2) when malformed."""
+    if not values:
+        return None, ()
+    modifiers = tuple(values[1:])
+    bad = [m for m in modifiers if m not in HWE_MODIFIERS]
+    if bad:
+        _fail(f"unknown --hwe modifier(s) {bad}; PLINK's are {list(HWE_MODIFIERS)}")
+    try:
+        hwe = float(values[0])
+    except ValueError:
+        _fail(f"--hwe threshold {values[0]!r} is not a number")
+    if not 0.0 <= hwe < (0.5 if "midp" in modifiers else 1.0):
+        _fail("--hwe threshold must be in [0, 1) ([0, 0.5) with midp)")
+    return hwe, modifiers
+
+
+def _fail(message: str) -> NoReturn:
+    print(f"g2i-qc: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    hwe, modifiers = None, ()
-    if args.hwe:
-        modifiers = tuple(args.hwe[1:])
-        bad = [m for m in modifiers if m not in HWE_MODIFIERS]
-        if bad:
-            print(f"g2i-qc: error: unknown --hwe modifier(s) {bad}", file=sys.stderr)
-            return 2
-        try:
-            hwe = float(args.hwe[0])
-        except ValueError:
-            print(
-                f"g2i-qc: error: --hwe threshold {args.hwe[0]!r} is not a number", file=sys.stderr
-            )
-            return 2
-        if not 0.0 <= hwe < (0.5 if "midp" in modifiers else 1.0):
-            print(
-                "g2i-qc: error: --hwe threshold must be in [0, 1) ([0, 0.5) with midp)",
-                file=sys.stderr,
-            )
-            return 2
-    config = qc_config(args.mind, args.geno, args.maf, hwe, modifiers)
+    try:
+        hwe, modifiers = _hwe_option(args.hwe)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    # imported here so that --help and flag errors answer at once
+    from preprocessing.errors import G2IError
+    from preprocessing.qc import qc_thresholds, run_qc
+
+    config = qc_thresholds(args.mind, args.geno, args.maf, hwe, modifiers)
     try:
         result = run_qc(args.bfile, config, args.out, keep_allele_order=args.keep_allele_order)
     except G2IError as exc:
         print(f"g2i-qc: error: {exc}", file=sys.stderr)
         return 2
-    rep = result.report()
-    s, v = rep["samples"], rep["variants"]
+    for old, new in result.renamed_inputs:
+        print(
+            f"g2i-qc: warning: --out matches --bfile; input {old} renamed to {new} (as plink1.9 "
+            "does)",
+            file=sys.stderr,
+        )
+    s = result.summary()
     print(
         f"{s['removed_mind']} samples removed (--mind); variants removed: "
-        f"{v['removed']['geno']} (--geno), {v['removed']['hwe']} (--hwe), "
-        f"{v['removed']['maf']} (--maf); {v['kept']} variants and {s['kept']} samples written "
-        f"to {args.out}.bed/.bim/.fam; report {args.out}.qc.json"
+        f"{s['removed']['geno']} (--geno), {s['removed']['hwe']} (--hwe), "
+        f"{s['removed']['maf']} (--maf); {s['kept_variants']} variants and {s['kept_samples']} "
+        f"samples written to {args.out}.bed/.bim/.fam; report {args.out}.qc.json"
     )
     return 0
 

@@ -4,13 +4,26 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from preprocessing import bed_kernels
+from preprocessing.plink import read_plink
 from preprocessing.plink_io import Sample, Variant, write_plink
-from preprocessing.qc import FAILED_HWE, KEPT, QCError, qc_config, run_qc
+from preprocessing.qc import (
+    FAILED_HWE,
+    KEPT,
+    QCError,
+    QCThresholds,
+    qc_config,
+    qc_options,
+    run_qc,
+)
 from preprocessing.qc_cli import main as qc_main
 from tests.preprocessing.plink_cases import needs_plink, random_fileset, read_outputs, run_plink
 
@@ -227,3 +240,95 @@ def test_status_codes_and_api_without_outputs(tmp_path: Path) -> None:
     res = run_qc(bfile, qc_config(hwe=1e-3))
     assert set(np.unique(res.variant_status)) <= {KEPT, FAILED_HWE}
     assert not list(tmp_path.glob("*.qc.json"))
+
+
+def sorted_copy(bfile: Path, tmp: Path) -> Path:
+    """``bfile`` as plink1.9 writes it (variants sorted), so QC streams its output rows."""
+    out = tmp / "sorted"
+    run_plink("--bfile", str(bfile), "--keep-allele-order", "--make-bed", "--out", str(out))
+    return out
+
+
+@pytest.mark.parametrize("order", ["unsorted", "sorted"])
+def test_small_blocks_on_two_threads_match_plink(
+    order: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # 16-row blocks: every pass (--mind, filters, output) crosses many block and chromosome
+    # boundaries, with two worker threads finishing out of order
+    monkeypatch.setattr(bed_kernels, "_BLOCK_BYTES", 16 * 16)
+    monkeypatch.setenv("G2I_THREADS", "2")
+    bfile = random_fileset(tmp_path / "in", seed=8)
+    if order == "sorted":
+        bfile = sorted_copy(bfile, tmp_path)
+    assert bed_kernels.block_rows(read_plink(bfile).bed.shape[1]) == 16
+    rep = compare_with_plink(bfile, FLAG_SETS["paper"], tmp_path)
+    assert all(rep["variants"]["removed"].values())
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    """g2i-qc in a child process (a crash there fails the test instead of killing pytest)."""
+    cmd = [sys.executable, "-m", "preprocessing.qc_cli", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, check=False)
+
+
+def test_out_equal_to_bfile_sets_the_inputs_aside_as_plink_does(tmp_path: Path) -> None:
+    bfile = random_fileset(tmp_path / "mine" / "x", seed=2)
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    original = read_outputs(bfile)
+    for ext, data in original.items():
+        (ref / f"x{ext}").write_bytes(data)
+    flags = ["--mind", "0.1", "--maf", "0.01", "--make-bed"]
+    proc = run_cli("--bfile", str(bfile), *flags, "--out", str(bfile))
+    assert proc.returncode == 0, proc.stderr
+    assert "renamed" in proc.stderr
+    assert run_plink("--bfile", str(ref / "x"), *flags, "--out", str(ref / "x")).returncode == 0
+    # the QC'd fileset is plink's, and the inputs are kept as x.bed~ / x.bim~ / x.fam~
+    assert read_outputs(bfile) == read_outputs(ref / "x")
+    for ext, data in original.items():
+        assert Path(f"{bfile}{ext}~").read_bytes() == data == (ref / f"x{ext}~").read_bytes()
+
+
+def test_failed_run_leaves_no_partial_outputs(tmp_path: Path) -> None:
+    g = np.zeros((5, 12), dtype=np.int8)  # monomorphic: --maf removes everything
+    variants = [Variant("1", f"m{j}", 0, 10 + j, "A", "G") for j in range(5)]
+    write_plink(tmp_path / "mono", g, variants, [Sample(f"F{i}", f"I{i}") for i in range(12)])
+    with pytest.raises(QCError):
+        run_qc(tmp_path / "mono", qc_config(maf=0.01), tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mono.bed", "mono.bim", "mono.fam"]
+
+
+def test_empty_bim_is_a_one_line_error_naming_the_file(tmp_path: Path) -> None:
+    bfile = random_fileset(tmp_path / "e", seed=1)
+    Path(f"{bfile}.bim").write_text("")
+    proc = run_cli("--bfile", str(bfile), "--maf", "0.01", "--out", str(tmp_path / "o"))
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert "e.bim" in proc.stderr and "no variants" in proc.stderr
+    assert not list(tmp_path.glob("o.*"))
+
+
+@pytest.mark.parametrize("value", ["0.6", "1"])
+def test_maf_above_one_half_is_refused(value: str, tmp_path: Path) -> None:
+    bfile = random_fileset(tmp_path / "in", seed=1)
+    assert run_plink("--bfile", str(bfile), "--maf", value, "--make-bed").returncode != 0
+    proc = run_cli("--bfile", str(bfile), "--maf", value, "--out", str(tmp_path / "o"))
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "--maf" in proc.stderr and "0.5" in proc.stderr
+    assert not list(tmp_path.glob("o.*"))
+
+
+def test_thresholds_have_the_fields_of_the_hydra_schema() -> None:
+    from conf.schema import QCConfig
+
+    assert [f.name for f in fields(QCThresholds)] == [f.name for f in fields(QCConfig)]
+    assert qc_options(QCConfig()) == qc_options(QCThresholds())
+
+
+def test_cli_does_not_import_hydra_or_omegaconf() -> None:
+    code = (
+        "import sys; from preprocessing.qc_cli import main; import preprocessing.qc; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('hydra', 'omegaconf', 'conf')))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == "[]"
