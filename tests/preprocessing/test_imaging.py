@@ -14,8 +14,10 @@ from preprocessing.imaging import (
     SliceSpec,
     axial_slices,
     canvas_world_points,
+    check_mni_space,
     extract_slices,
     load_volume,
+    mni_similarity,
     normalize_intensity,
 )
 from simulations.anatomy import SubjectAnatomy, load_template_fields, output_grid, render_subject
@@ -152,3 +154,74 @@ def test_single_volume_4d_is_accepted(tmp_path: Path, subject_4mm) -> None:
     p = tmp_path / "one.nii.gz"
     nib.save(nib.Nifti1Image(vol[..., None], affine), p)
     assert load_volume(p).shape == vol.shape
+
+
+def _save_with_codes(
+    path: Path, vol: np.ndarray, sform: np.ndarray, s_code: int, qform: np.ndarray, q_code: int
+) -> Path:
+    img = nib.Nifti1Image(vol.astype(np.float32), sform)
+    img.set_sform(sform, code=s_code)
+    img.set_qform(qform, code=q_code)
+    img.to_filename(str(path))
+    return path
+
+
+def test_sform_and_qform_codes_are_checked(subject_4mm, tmp_path: Path) -> None:
+    vol, affine = subject_4mm
+    flipped = affine.copy()
+    flipped[0] *= -1  # a left-right flipped qform
+    flipped[0, 3] = affine[0, 3] + affine[0, 0] * (vol.shape[0] - 1)
+    cases = {
+        "none": (affine, 0, affine, 0, "codes are both 0"),
+        "disagree": (affine, 4, flipped, 4, "disagree by up to"),
+    }
+    for name, (s, sc, q, qc, message) in cases.items():
+        p = _save_with_codes(tmp_path / f"{name}.nii.gz", vol, s, sc, q, qc)
+        with pytest.raises(ImageFormatError, match=message) as err:
+            extract_slices(p, SPEC)
+        assert str(p) in str(err.value)
+    # qform alone (sform code 0) is a stated transform: used, same slices as the sform alone
+    a = extract_slices(_save_with_codes(tmp_path / "q.nii.gz", vol, affine, 0, affine, 4), SPEC)
+    b = extract_slices(_save_with_codes(tmp_path / "s.nii.gz", vol, affine, 4, affine, 0), SPEC)
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("change", "what"),
+    [
+        (lambda a: a + np.outer(np.eye(4)[0], [0, 0, 0, 25.0]), "25 mm"),
+        (lambda a: a @ np.diag([1.1, 1.1, 1.1, 1.0]), "voxel size 10% off"),
+    ],
+)
+def test_misregistration_that_passes_the_extent_check_is_refused(
+    change, what: str, subject_4mm, tmp_path: Path
+) -> None:
+    vol, affine = subject_4mm
+    wrong = change(affine)
+    p = tmp_path / "wrong.nii.gz"
+    save_nifti(vol, wrong, "RAS", p)
+    img = load_volume(p)
+    check_mni_space(img, p, min_correlation=None)  # the extent check alone accepts it
+    assert mni_similarity(img) < 0.5 < mni_similarity(load_volume(_ras(vol, affine, tmp_path)))
+    with pytest.raises(ImageFormatError, match="correlation with the MNI152 template") as err:
+        extract_slices(p, SPEC)
+    assert str(p) in str(err.value), what
+    extract_slices(p, SPEC, min_correlation=0.1)  # the threshold is the config's to set
+
+
+def _ras(vol: np.ndarray, affine: np.ndarray, tmp_path: Path) -> Path:
+    p = tmp_path / "right.nii.gz"
+    save_nifti(vol, affine, "RAS", p)
+    return p
+
+
+def test_constant_foreground_is_an_image_error_not_a_value_error(
+    subject_4mm, tmp_path: Path
+) -> None:
+    vol, affine = subject_4mm
+    mask = np.where(vol > vol.mean(), 1000.0, 0.0)  # a mask saved as the T1: flat foreground
+    p = tmp_path / "mask.nii.gz"
+    save_nifti(mask, affine, "RAS", p)
+    with pytest.raises(ImageFormatError, match="cannot normalise") as err:
+        extract_slices(p, SPEC, min_correlation=None)
+    assert str(p) in str(err.value)

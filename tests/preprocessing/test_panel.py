@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from preprocessing.bed_kernels import A1_COUNT_OF_CODE, decode_rows
-from preprocessing.errors import GenotypeFormatError
+from preprocessing.errors import G2IError, GenotypeFormatError
 from preprocessing.panel import (
     APOE_COLUMN,
     MISSING,
@@ -186,3 +186,31 @@ def rewrite_array(bfile: Path, snp_ids: list[str], change: str, out: Path) -> Pa
     samples = [Sample(f, i, sex=int(x)) for f, i, x in zip(fam.fid, fam.iid, fam.sex, strict=True)]
     write_plink(out, g, variants, samples)
     return out
+
+
+def test_apoe_from_a_bom_table_with_spaces_and_duplicates(tmp_path: Path) -> None:
+    bfile, cat = make_fileset(tmp_path, with_apoe=False)
+    clinical = tmp_path / "clinical.csv"
+    text = "PTID,DX,APGEN1,APGEN2\n S0 ,CN,3,3\nS1,CN,4,3\nS2,AD,4,4\nS2,AD,3,3\n"
+    text += "S4,CN,2,4\nS4,CN,2,4\n"
+    clinical.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    table, _ = build_panel(bfile, cat, clinical)
+    # S0 despite the spaces; S2's two rows disagree: missing, not one of them; S4 agrees
+    assert list(table[APOE_COLUMN]) == [0, 1, MISSING, MISSING, 1]
+
+
+def test_short_apgen_row_is_a_message_naming_the_line(tmp_path: Path) -> None:
+    bfile, cat = make_fileset(tmp_path, with_apoe=False)
+    clinical = tmp_path / "clinical.csv"
+    clinical.write_text("PTID,DX,APGEN1,APGEN2\nS0,CN,3,3\nS1,CN,4\n")
+    with pytest.raises(G2IError, match="line 3: 3 fields where the header has 4") as err:
+        build_panel(bfile, cat, clinical)
+    assert str(clinical) in str(err.value)
+
+
+def test_iid_under_two_fids_is_refused(tmp_path: Path) -> None:
+    variants = [Variant("19", "rs429358", 0, 1, "T", "C")]
+    samples = [Sample("B1", "S0"), Sample("B1", "S1"), Sample("B2", "S0")]
+    write_plink(tmp_path / "geno", np.array([[0, 1, 2]], np.int8), variants, samples)
+    with pytest.raises(GenotypeFormatError, match="IID S0 under FIDs B1, B2"):
+        build_panel(tmp_path / "geno")
