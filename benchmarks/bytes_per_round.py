@@ -16,6 +16,9 @@ does not depend on their values). Writes ``benchmarks/results/bytes_per_round.js
 
     python benchmarks/bytes_per_round.py                       # tiny and paper
     python benchmarks/bytes_per_round.py --experiments tiny --qc-snps 0
+
+The QC counts at array scale come from a generated site of ``--qc-samples`` samples x
+``--qc-snps`` SNPs (``site_counts`` on it, a few seconds to write the fileset).
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
+import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -42,8 +47,11 @@ from g2i_models.pipeline import library_versions
 from g2i_models.synthetic import sample_profiles
 from g2i_models.unet import build_denoiser
 from preprocessing.census import site_census
-from preprocessing.federated_qc import SiteCounts, federated_variant_qc
+from preprocessing.federated_qc import SiteCounts, federated_variant_qc, site_counts
 from server.strategy import build_strategy
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from qc_vs_plink import make_fileset  # noqa: E402
 
 SERVER_NODE, SITE_NODE = 1, 2
 MB = 1e6
@@ -104,9 +112,12 @@ def round_messages(
     }
 
 
-def qc_messages(cohort: Path, qc: Any, n_snps: int) -> tuple[dict[str, Message], int]:
+def qc_messages(
+    cohort: Path, qc: Any, n_snps: int, n_samples: int = 300
+) -> tuple[dict[str, Message], int]:
     """Phase 0 of the cohort's site-0: census, QC counts, keep-list. With ``n_snps`` > 0 the
-    counts and keep-list are random arrays of that many SNPs, laid out as the real ones."""
+    counts and keep-list are those of a generated array-scale site (``n_samples`` x
+    ``n_snps``, chr1-22 + X, case/control, as in benchmarks/qc_vs_plink.py)."""
     site_dirs = sorted(p for p in cohort.glob("site-*") if p.is_dir())
     counts = [task.qc_counts(task.Site(d, d, d), qc) for d in site_dirs]
     decision = task.decision_to_arrays(
@@ -114,18 +125,10 @@ def qc_messages(cohort: Path, qc: Any, n_snps: int) -> tuple[dict[str, Message],
     )
     arrays, keep = counts[0], decision
     if n_snps > 0:
-        rng = np.random.default_rng(0)  # random, so that no two chunks are deduplicated
-        arrays = {
-            **arrays,
-            "counts": rng.integers(0, 500, (*arrays["counts"].shape[:-1], n_snps)),
-            "chrom": rng.integers(1, 23, n_snps).astype(np.int16),
-        }
-        keep = {
-            "status": rng.integers(0, 2, n_snps).astype(np.int8),
-            "a2_freq": rng.random(n_snps),
-            "reverse": rng.integers(0, 2, n_snps).astype(np.int8),
-            "meta": decision["meta"],
-        }
+        with tempfile.TemporaryDirectory(prefix="qc-bytes-") as tmp:
+            make_fileset(Path(tmp) / "site", n_samples, n_snps)
+            arrays = site_counts(Path(tmp) / "site", qc).to_arrays()
+        keep = task.decision_to_arrays(federated_variant_qc([SiteCounts.from_arrays(arrays)], qc))
     census = instruction(RecordDict(), "query.census")
     qc_query = instruction(RecordDict(), "query.qc_counts")
     prepare = instruction(RecordDict({"decision": to_record(keep)}), "query.prepare")
@@ -140,7 +143,7 @@ def qc_messages(cohort: Path, qc: Any, n_snps: int) -> tuple[dict[str, Message],
         "QC counts up": reply(RecordDict({"counts": to_record(arrays)}), qc_query),
         "QC keep-list down": prepare,
     }
-    return msgs, int(arrays["counts"].shape[-1])
+    return msgs, int(np.sum(arrays["chrom-runs"][1]))
 
 
 def prepare_reply(prepare: Message, panel: list[str]) -> Message:
@@ -159,7 +162,7 @@ def prepare_reply(prepare: Message, panel: list[str]) -> Message:
     )
 
 
-def measure(experiment: str, cohort: Path, qc_snps: int) -> dict[str, Any]:
+def measure(experiment: str, cohort: Path, qc_snps: int, qc_samples: int) -> dict[str, Any]:
     cfg = load_config(experiment, f"data.root={cohort}")
     model_cfg, data = to_object(cfg.model), to_object(cfg.data)
     fed, privacy = to_object(cfg.federation), to_object(cfg.privacy)
@@ -177,9 +180,10 @@ def measure(experiment: str, cohort: Path, qc_snps: int) -> dict[str, Any]:
     msgs.update(qc)
     msgs["prepare up"] = prepare_reply(msgs["QC keep-list down"], panel)
     if qc_snps > 0:
-        big, _ = qc_messages(cohort, data.qc, qc_snps)
-        msgs[f"QC counts up ({qc_snps:,} SNPs)"] = big["QC counts up"]
-        msgs[f"QC keep-list down ({qc_snps:,} SNPs)"] = big["QC keep-list down"]
+        big, _ = qc_messages(cohort, data.qc, qc_snps, qc_samples)
+        scale = f"{qc_snps:,} SNPs, {qc_samples} samples"
+        msgs[f"QC counts up ({scale})"] = big["QC counts up"]
+        msgs[f"QC keep-list down ({scale})"] = big["QC keep-list down"]
     for phase, weights, extra in (
         ("ae", ae_weights, {}),
         ("ldm", ldm_weights, {"scale": 1.0}),
@@ -255,12 +259,18 @@ def main() -> None:
         default=620_000,
         help="also size the QC messages at this many SNPs (0: cohort only)",
     )
+    parser.add_argument(
+        "--qc-samples",
+        type=int,
+        default=300,
+        help="samples of the array-scale site (ADNI-1's 900 over 3 sites: 300)",
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/bytes_per_round.json"))
     args = parser.parse_args()
     # The IDs a ServerApp/ClientApp process gets from its runtime; they only fill metadata.
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, SERVER_NODE, 1
     cohort = args.cohort.resolve()
-    results = [measure(e, cohort, args.qc_snps) for e in args.experiments]
+    results = [measure(e, cohort, args.qc_snps, args.qc_samples) for e in args.experiments]
     names = list(results[0]["messages"])
     head = " | ".join(f"{r['experiment']} wire MB | {r['experiment']} proto MB" for r in results)
     print("MB = 10^6 bytes, per site; rounds are per round, the rest once per run")

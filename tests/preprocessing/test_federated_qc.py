@@ -12,10 +12,19 @@ from preprocessing.federated_qc import (
     SiteCounts,
     apply_keep_list,
     federated_variant_qc,
+    local_mind,
     site_counts,
 )
 from preprocessing.plink import read_plink
-from preprocessing.qc import qc_config
+from preprocessing.qc import (
+    ALL,
+    FOUNDERS,
+    MALE_FOUNDERS,
+    SampleGroups,
+    group_counts,
+    qc_config,
+    run_qc,
+)
 from tests.preprocessing.plink_cases import needs_plink, random_fileset, read_outputs, run_plink
 from tests.preprocessing.test_qc import plink_counts
 
@@ -98,3 +107,53 @@ def test_sites_with_different_arrays_are_refused(tmp_path: Path) -> None:
     cfg = qc_config(maf=0.01)
     with pytest.raises(G2IError, match="other variants"):
         federated_variant_qc([site_counts(a, cfg), site_counts(b, cfg)], cfg)
+
+
+@pytest.mark.parametrize(("n_samples", "dtype"), [(61, np.uint8), (300, np.uint16)])
+def test_wire_counts_are_narrow_and_round_trip_exactly(
+    n_samples: int, dtype: type, tmp_path: Path
+) -> None:
+    bfile = random_fileset(tmp_path / "s", n_samples=n_samples, seed=3)
+    cfg = qc_config(mind=0.1, geno=0.05, maf=0.01, hwe=1e-3)
+    mine = site_counts(bfile, cfg)
+    arrays = mine.to_arrays()
+    assert arrays["counts"].dtype == arrays["male-counts"].dtype == dtype
+    # three rows per group sent: overall, founders, founder controls (all differ here)
+    assert arrays["counts"].shape == (9, mine.chrom.size)
+    back = SiteCounts.from_arrays(arrays)
+    np.testing.assert_array_equal(back.chrom, mine.chrom)
+    assert back.present.all() and back.n_samples == n_samples
+    # the server sees the site's GroupCounts exactly, missing calls included
+    fs = read_plink(bfile)
+    removed = local_mind(fs, cfg.mind)
+    fam = fs.fam
+    groups = SampleGroups(~removed, fam.founder, fam.control, fam.male, fam.case_control)
+    np.testing.assert_array_equal(back.counts, group_counts(fs, groups))
+
+
+def test_only_the_groups_the_filters_read_are_sent(tmp_path: Path) -> None:
+    bfile = random_fileset(tmp_path / "s", seed=4)
+    maf_only = qc_config(maf=0.01)  # no --geno, no --hwe: founder frequencies only
+    arrays = site_counts(bfile, maf_only).to_arrays()
+    assert arrays["counts"].shape[0] == 3
+    assert list(np.flatnonzero(arrays["groups"] >= 0)) == [FOUNDERS, MALE_FOUNDERS]
+    shared = [SiteCounts.from_arrays(arrays)]
+    assert federated_variant_qc(shared, maf_only).summary()["removed"]["maf"] > 0
+    # a server with other thresholds than the sites is told so instead of reading zeros
+    with pytest.raises(G2IError, match="same QC thresholds"):
+        federated_variant_qc(shared, qc_config(maf=0.01, geno=0.05))
+
+
+def test_a_group_equal_to_another_travels_once(tmp_path: Path) -> None:
+    # founders only and a quantitative phenotype: founders = everyone, no control group
+    bfile = random_fileset(tmp_path / "s", seed=5, phenotype="quant")
+    fs = read_plink(bfile)
+    assert fs.fam.founder.sum() < fs.n_samples  # the generator plants some non-founders
+    ref = tmp_path / "founders"
+    run_plink("--bfile", str(bfile), "--filter-founders", "--make-bed", "--out", str(ref))
+    cfg = qc_config(geno=0.05, hwe=1e-3, maf=0.01)
+    arrays = site_counts(ref, cfg).to_arrays()
+    assert arrays["groups"][FOUNDERS] == ALL and arrays["counts"].shape[0] == 3
+    pooled = federated_variant_qc([SiteCounts.from_arrays(arrays)], cfg)
+    local = run_qc(ref, cfg)
+    np.testing.assert_array_equal(pooled.status, local.variant_status)
