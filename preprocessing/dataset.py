@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import pandas as pd
@@ -253,6 +253,21 @@ def _genotype_table(site: Path, genotypes: GenotypeSource) -> tuple[pd.DataFrame
     return table, report
 
 
+def _no_usable_subject(
+    site: Path, out: Path, n_clinical: int, exclusions: list[dict[str, str]]
+) -> NoReturn:
+    """Write every subject's reason to ``out/exclusions.json`` and raise with the counts."""
+    _write_text(out / "exclusions.json", json.dumps(exclusions, indent=2) + "\n")
+    reasons = count_reasons(exclusions)
+    listed = ", ".join(f"{n} {r}" for r, n in reasons.items())
+    raise NoUsableSubjectsError(
+        f"{site}: no usable subject of {n_clinical} in clinical.csv ({listed}); each needs a "
+        "diagnosis, genotypes that pass QC and a readable MNI-registered scan "
+        f"mri/<PTID>.nii.gz (every subject's reason: {out / 'exclusions.json'})",
+        reasons,
+    )
+
+
 def _build(
     site: Path,
     out: Path,
@@ -288,6 +303,8 @@ def _build(
     for sid in sorted(set(table.index) - set(clinical.subjects.index)):
         exclusions.append({"subject": str(sid), "reason": "genotyped but not in clinical.csv"})
 
+    if not candidates:
+        _no_usable_subject(site, out, len(clinical.subjects), exclusions)
     spec = SliceSpec(cfg.slice_z_mm, cfg.n_slices, cfg.slice_spacing_mm, cfg.image_size)
     shape = (len(candidates), spec.n_slices, spec.image_size, spec.image_size)
     partial = out / "images.partial.npy"
@@ -311,15 +328,7 @@ def _build(
     if not kept:
         del staging
         partial.unlink()
-        _write_text(out / "exclusions.json", json.dumps(exclusions, indent=2) + "\n")
-        reasons = count_reasons(exclusions)
-        listed = ", ".join(f"{n} {r}" for r, n in reasons.items())
-        raise NoUsableSubjectsError(
-            f"{site}: no usable subject of {len(clinical.subjects)} in clinical.csv ({listed}); "
-            "each needs a diagnosis, genotypes that pass QC and a readable MNI-registered scan "
-            f"mri/<PTID>.nii.gz (every subject's reason: {out / 'exclusions.json'})",
-            reasons,
-        )
+        _no_usable_subject(site, out, len(clinical.subjects), exclusions)
     if len(kept) == len(candidates):
         del staging
     else:
