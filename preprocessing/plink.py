@@ -516,4 +516,5 @@ def write_bed_rows(path: str | Path, blocks: Iterable[np.ndarray]) -> None:
     with open(path, "wb") as fh:
         fh.write(BED_MAGIC)
         for rows in blocks:
-            fh.write(memoryview(np.ascontiguousarray(rows, dtype=np.uint8)).cast("B"))
+            if rows.size:
+                fh.write(memoryview(np.ascontiguousarray(rows, dtype=np.uint8)).cast("B"))

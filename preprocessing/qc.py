@@ -27,7 +27,7 @@ import json
 import os
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -55,6 +55,7 @@ from preprocessing.plink import (
     write_bim_subset,
     write_fam_subset,
 )
+from preprocessing.plink_io import BED_MAGIC
 
 if TYPE_CHECKING:  # the Hydra schema; importing it at run time costs g2i-qc OmegaConf
     from conf.schema import QCConfig
@@ -341,33 +342,62 @@ def sample_missing(fileset: PlinkFileset) -> tuple[np.ndarray, int]:
     return total, n_y
 
 
+@dataclass
+class OutputRows:
+    """What a filtering pass also writes: the kept rows of each block, in input order, for
+    the samples ``keep_samples`` (None: all), A1/A2 swapped where A2 is the minor allele
+    unless ``keep_allele_order``."""
+
+    path: Path
+    keep_samples: np.ndarray | None
+    keep_allele_order: bool
+
+
 def filter_variants(
-    fileset: PlinkFileset, groups: SampleGroups, config: QCConfig | QCThresholds
+    fileset: PlinkFileset,
+    groups: SampleGroups,
+    config: QCConfig | QCThresholds,
+    output: OutputRows | None = None,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
     """``variant_filters`` over the whole file, block by block (the counts of a block are
-    dropped once filtered). Returns (status, a2_freq, HWE p-value of each SNP --hwe removed)."""
+    dropped once filtered). With ``output``, the kept rows are written to ``output.path``
+    (a .bed) while the block is in cache. Returns (status, a2_freq, HWE p-value of each SNP
+    --hwe removed)."""
     counter = GroupCounter(fileset, groups)
-    chrom, bed = fileset.bim.chrom, fileset.rows
+    chrom, bed, n = fileset.bim.chrom, fileset.rows, fileset.n_samples
 
-    def run(a: int, b: int) -> tuple[int, np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray]]:
-        counts = counter.count(read_rows(bed, a, b), a)
+    def run(
+        a: int, b: int
+    ) -> tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+        rows = read_rows(bed, a, b)
+        counts = counter.count(rows, a)
         status, a2 = variant_filters(counts, chrom[a:b], config, groups.controls_only)
         gone = np.flatnonzero(status == FAILED_HWE)
         p = np.zeros(0)
         if gone.size:
             h = hwe_counts(counts, chrom[a:b], groups.controls_only, gone)
             p = hwe_exact_p_array(h[0], h[1], h[2], config.hwe_midp)
-        return a, status, a2, (gone + a, p)
+        packed = None
+        if output is not None:
+            kept = np.flatnonzero(status == KEPT)
+            swap = np.zeros(kept.size, bool) if output.keep_allele_order else a2[kept] < 0.5
+            packed = extract_rows(rows, n, kept, swap, output.keep_samples, threads=1)
+        return a, status, a2, gone + a, p, packed
 
     status = np.zeros(fileset.n_snps, dtype=np.int8)
     a2 = np.zeros(fileset.n_snps)
-    gone_rows, gone_p = [], []
-    for a, st, f, (gone, p) in map_ordered(run, row_blocks(0, fileset.n_snps, bed.shape[1])):
-        status[a : a + st.size], a2[a : a + st.size] = st, f
-        gone_rows.append(gone)
-        gone_p.append(p)
-    gone = np.concatenate(gone_rows) if gone_rows else np.zeros(0, np.int64)
-    p = np.concatenate(gone_p) if gone_p else np.zeros(0)
+    gone_rows, gone_p = [np.zeros(0, np.int64)], [np.zeros(0)]
+    blocks = map_ordered(run, row_blocks(0, fileset.n_snps, bed.shape[1]))
+    with open(output.path, "wb") if output is not None else nullcontext() as fh:
+        if fh is not None:
+            fh.write(BED_MAGIC)
+        for a, st, f, gone, p, packed in blocks:
+            status[a : a + st.size], a2[a : a + st.size] = st, f
+            gone_rows.append(gone)
+            gone_p.append(p)
+            if fh is not None and packed.size:
+                fh.write(memoryview(packed).cast("B"))
+    gone, p = np.concatenate(gone_rows), np.concatenate(gone_p)
     hwe_p = dict(zip(fileset.bim.strings(1, gone), p.tolist(), strict=True)) if gone.size else {}
     return status, a2, hwe_p
 
@@ -471,10 +501,21 @@ def run_qc(
     if removed.all():
         raise QCError(f"{fs.prefix}: all samples removed due to missing genotype data (--mind)")
     groups = sample_groups(fs, ~removed, config.hwe_include_nonctrl)
-    status, a2, hwe_p = filter_variants(fs, groups, config)
-    if fs.n_snps and not (status == KEPT).any():
-        last = FILTER_NAMES[int(status.max())]
-        raise QCError(f"{fs.prefix}: all variants removed; the last ones by --{last}")
+    output = None
+    if out is not None and _is_sorted(bim.chrom, bim.pos):
+        # the output rows are the kept input rows in input order: write them in this pass
+        keep_samples = None if not removed.any() else np.flatnonzero(~removed)
+        output = OutputRows(_tmp_path(Path(out), ".bed"), keep_samples, keep_allele_order)
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        status, a2, hwe_p = filter_variants(fs, groups, config, output)
+        if fs.n_snps and not (status == KEPT).any():
+            last = FILTER_NAMES[int(status.max())]
+            raise QCError(f"{fs.prefix}: all variants removed; the last ones by --{last}")
+    except BaseException:
+        if output is not None:
+            output.path.unlink(missing_ok=True)
+        raise
     reverse = np.zeros(fs.n_snps, dtype=bool) if keep_allele_order else a2 < 0.5
     kept = np.flatnonzero(status == KEPT)
     order = kept[sorted_order(bim.chrom[kept], bim.pos[kept])]
@@ -494,15 +535,18 @@ def run_qc(
         hwe_p_removed=hwe_p,
     )
     if out is not None:
-        write_qc_outputs(fs, result, out)
+        write_qc_outputs(fs, result, out, bed_written=output is not None)
     result.seconds = time.perf_counter() - t0
     if out is not None:
         _write_report(result, out)
     return result
 
 
-def write_qc_outputs(fs: PlinkFileset, result: QCResult, out: str | Path) -> None:
-    """Write ``out.bed/.bim/.fam`` and ``out.irem`` as ``plink1.9 --make-bed`` does.
+def write_qc_outputs(
+    fs: PlinkFileset, result: QCResult, out: str | Path, bed_written: bool = False
+) -> None:
+    """Write ``out.bed/.bim/.fam`` and ``out.irem`` as ``plink1.9 --make-bed`` does
+    (``bed_written``: the .bed is already at its temporary name, see ``filter_variants``).
 
     Each file is written under a temporary name and renamed into place when all are written,
     so a failure leaves no partial output; an output that is an input file (``--out`` equal
@@ -515,7 +559,9 @@ def write_qc_outputs(fs: PlinkFileset, result: QCResult, out: str | Path) -> Non
     keep = result.kept_samples
     keep_idx = None if keep.all() else np.flatnonzero(keep)
     with _replacing(out, (".bed", ".bim", ".fam")) as tmp:
-        write_bed_rows(tmp[".bed"], _output_rows(fs, result.output_order, result.reverse, keep_idx))
+        if not bed_written:
+            rows = _output_rows(fs, result.output_order, result.reverse, keep_idx)
+            write_bed_rows(tmp[".bed"], rows)
         order = result.output_order
         write_bim_subset(tmp[".bim"], fs.bim, order, result.reverse[order])
         write_fam_subset(tmp[".fam"], fs.fam, keep)
@@ -569,7 +615,7 @@ def _set_inputs_aside(prefix: Path, out: Path) -> list[tuple[str, str]]:
 def _replacing(prefix: Path, suffixes: Sequence[str]) -> Iterator[dict[str, Path]]:
     """Temporary paths for ``prefix + suffix`` files, renamed into place on success and
     removed on failure."""
-    tmp = {s: prefix.with_name(f".{prefix.name}{s}.{os.getpid()}.tmp") for s in suffixes}
+    tmp = {s: _tmp_path(prefix, s) for s in suffixes}
     try:
         yield tmp
     except BaseException:
@@ -578,6 +624,17 @@ def _replacing(prefix: Path, suffixes: Sequence[str]) -> Iterator[dict[str, Path
         raise
     for s, path in tmp.items():
         os.replace(path, _with_suffix(prefix, s))
+
+
+def _tmp_path(prefix: Path, suffix: str) -> Path:
+    """Where ``prefix + suffix`` is written before it is renamed into place."""
+    return prefix.with_name(f".{prefix.name}{suffix}.{os.getpid()}.tmp")
+
+
+def _is_sorted(chrom: np.ndarray, pos: np.ndarray) -> bool:
+    """Input order is PLINK's output order: chromosome codes, then positions, ascending."""
+    same = chrom[1:] == chrom[:-1]
+    return bool(np.all(chrom[1:] >= chrom[:-1]) and np.all(~same | (pos[1:] >= pos[:-1])))
 
 
 def _write_text(path: Path, text: str) -> None:
