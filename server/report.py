@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,25 @@ import matplotlib.pyplot as plt  # noqa: E402
 from opacus.accountants import RDPAccountant  # noqa: E402
 
 from conf.schema import PrivacyConfig  # noqa: E402
+
+OPACUS_LOG_FORMAT = "%(asctime)s:%(levelname)s:%(message)s"
+
+
+def drop_opacus_root_handler() -> None:
+    """Undo the ``logging.basicConfig`` that ``opacus.utils.module_utils`` runs at import.
+
+    It puts a stderr handler on the root logger; Flower's own logger propagates to the root,
+    so in the ServerApp every log line, and every line ``flwr run --stream`` shows, appeared
+    twice (once in Flower's format, once in Opacus's).
+    """
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        formatter = handler.formatter
+        if formatter is not None and formatter._fmt == OPACUS_LOG_FORMAT:
+            root.removeHandler(handler)
+
+
+drop_opacus_root_handler()
 
 LEDGER_FIELDS = (
     "phase",

@@ -138,3 +138,26 @@ def test_central_dp_ledger_counts_only_aggregated_rounds() -> None:
     ]
     rows = privacy_ledger(rounds, privacy, 2, 2)
     assert [(r["phase"], r["round"]) for r in rows] == [("ae", 1)]
+
+
+def test_the_server_logs_each_line_once() -> None:
+    """Opacus's import-time ``basicConfig`` doubled every Flower log line (and so every line
+    ``flwr run --stream`` prints); the ServerApp's import removes that root handler."""
+    import logging
+
+    import server.server_app  # noqa: F401 - imports Opacus, then server.report
+    from server.report import OPACUS_LOG_FORMAT, drop_opacus_root_handler
+
+    root = logging.getLogger()
+    assert not [h for h in root.handlers if getattr(h.formatter, "_fmt", None) == OPACUS_LOG_FORMAT]
+    ours = logging.StreamHandler()
+    opacus_like = logging.StreamHandler()
+    opacus_like.setFormatter(logging.Formatter(OPACUS_LOG_FORMAT))
+    root.addHandler(ours)
+    root.addHandler(opacus_like)
+    try:
+        drop_opacus_root_handler()
+        assert ours in root.handlers and opacus_like not in root.handlers
+    finally:
+        root.removeHandler(ours)
+        root.removeHandler(opacus_like)
