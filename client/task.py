@@ -395,6 +395,8 @@ Metric = int | float | list[int] | list[float]
 _EVALUATION_KEYS = {
     "classifier_per_class": "classifier-per-class",
     "classifier_epochs": "classifier-epochs",
+    "classifier_patience": "classifier-patience",
+    "classifier_val_fraction": "classifier-val-fraction",
     "classifier_batch_size": "classifier-batch-size",
     "classifier_lr": "classifier-lr",
     "classifier_seeds": "classifier-seeds",

@@ -125,6 +125,7 @@ def train_centralized(
     disc = PatchDiscriminator() if train_cfg.adv_weight > 0 else None
     result = core("ae", ae, seed=derive_seed(seed, CENTRAL_SITE, "ae", 0), discriminator=disc)
     ae_history = result.history
+    metrics["ae_train_s"] = result.metrics["seconds"]
     raw_ae = evaluate_autoencoder(ae, val_loader, device)
     if result.ema_weights is not None:
         ae.load_state_dict(result.ema_weights)
@@ -154,6 +155,7 @@ def train_centralized(
         cond_dropout=model_cfg.cond_dropout,
     )
     ldm_history = result.history
+    metrics["ldm_train_s"] = result.metrics["seconds"]
     if dp:
         ledger.save(out / "privacy_ledger.json")
         metrics.update(

@@ -6,8 +6,13 @@ images per class, and compares accuracy and macro precision / recall / F1 on hel
 images. ``downstream_comparison`` runs both arms over several seeds; ``pool_sites`` pools
 the per-site results of a federation.
 
-Training is plain cross-entropy with Adam on the (topped-up) set, as in the paper: the
-top-up already balances the classes when synthetic images are available.
+Training (both arms alike): class-weighted cross-entropy (weights inverse to each class's
+share of that arm's training set; unweighted, the real-only arm predicted the majority class),
+Adam, up to ``classifier_epochs`` epochs with early stopping on a stratified validation part
+of the real training images (``classifier_val_fraction``, never synthetic, never the test
+split) after ``classifier_patience`` epochs without a lower validation loss; the best epoch's
+weights are kept. The gain is the paired difference augmented - real per seed (same seed,
+same initialisation, same validation images), reported with a 95% t interval over the seeds.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import stats
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from torchmetrics.functional.classification import (
@@ -130,6 +136,45 @@ def top_up(
     return images, labels, counts
 
 
+def class_weights(labels: torch.Tensor, num_classes: int = 3) -> torch.Tensor:
+    """(num_classes,) weights N / (K * n_c); a class absent from ``labels`` gets weight 0."""
+    counts = torch.bincount(labels.long(), minlength=num_classes).float()
+    present = counts > 0
+    w = torch.zeros(num_classes)
+    w[present] = counts.sum() / (present.sum() * counts[present])
+    return w
+
+
+def stratified_holdout(
+    labels: torch.Tensor, fraction: float, seed: int, num_classes: int = 3
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(keep, held-out) index tensors: ``fraction`` of every class held out (at least one
+    image of a class with two or more), the rest kept."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"classifier_val_fraction must be in (0, 1), got {fraction}")
+    rng = np.random.default_rng(seed)
+    keep: list[np.ndarray] = []
+    held: list[np.ndarray] = []
+    y = labels.long().numpy()
+    for c in range(num_classes):
+        idx = rng.permutation(np.flatnonzero(y == c))
+        n_held = int(round(fraction * len(idx))) if len(idx) >= 2 else 0
+        n_held = max(n_held, 1) if len(idx) >= 2 else 0
+        held.append(idx[:n_held])
+        keep.append(idx[n_held:])
+    return torch.from_numpy(np.sort(np.concatenate(keep))), torch.from_numpy(
+        np.sort(np.concatenate(held))
+    )
+
+
+@torch.no_grad()
+def _weighted_loss(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, dev: torch.device
+) -> float:
+    logits = torch.cat([model(b.float().to(dev)) for b in x.split(256)])
+    return float(F.cross_entropy(logits, y.long().to(dev), weight=weight.to(dev)))
+
+
 def train_classifier(
     images: torch.Tensor,
     labels: torch.Tensor,
@@ -137,10 +182,15 @@ def train_classifier(
     seed: int,
     device: str = "auto",
     progress: bool = False,
+    val_images: torch.Tensor | None = None,
+    val_labels: torch.Tensor | None = None,
 ) -> PaperCNN:
-    """A ``PaperCNN`` trained with Adam (``classifier_lr``) and plain cross-entropy for
-    ``classifier_epochs`` on images (N, 1, H, W) in [0, 1] and labels (N,). Initialisation and
-    batch order depend only on ``seed`` (the global RNG is left as it was)."""
+    """A ``PaperCNN`` trained with Adam (``classifier_lr``) and class-weighted cross-entropy on
+    images (N, 1, H, W) in [0, 1] and labels (N,), for at most ``classifier_epochs`` epochs;
+    with validation images, stopped after ``classifier_patience`` epochs without a lower
+    validation loss (weighted by the training set's class weights) and returned at its best
+    epoch. Initialisation and batch order depend only on ``seed`` (the global RNG is left as
+    it was)."""
     dev = get_device(device)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -152,15 +202,44 @@ def train_classifier(
         shuffle=True,
         generator=gen,
     )
+    weight = class_weights(labels).to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.classifier_lr)
-    model.train()
+    validate = val_images is not None and val_labels is not None and len(val_labels) > 0
+    best, best_state, stale = math.inf, None, 0
     for _ in tqdm(range(cfg.classifier_epochs), desc="classifier", disable=not progress):
+        model.train()
         for x, y in loader:
-            loss = F.cross_entropy(model(x.to(dev)), y.to(dev))
+            loss = F.cross_entropy(model(x.to(dev)), y.to(dev), weight=weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+        if not validate:
+            continue
+        model.eval()
+        val = _weighted_loss(model, val_images, val_labels, weight, dev)
+        if val < best - 1e-6:
+            best, stale = val, 0
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            stale += 1
+            if stale >= cfg.classifier_patience:
+                break
+    if best_state is not None:
+        model.load_state_dict(best_state)
     return model.eval()
+
+
+def paired_gain(real: Sequence[float], augmented: Sequence[float]) -> dict[str, Any]:
+    """Per-seed differences augmented - real: mean, SD, 95% t interval ([low, high]; the mean
+    twice for one seed), and the differences."""
+    d = np.asarray(augmented, float) - np.asarray(real, float)
+    mean = float(d.mean()) if len(d) else math.nan
+    if len(d) > 1:
+        sd = float(d.std(ddof=1))
+        half = float(stats.t.ppf(0.975, len(d) - 1) * sd / math.sqrt(len(d)))
+    else:
+        sd, half = 0.0, 0.0
+    return {"mean": mean, "sd": sd, "ci": [mean - half, mean + half], "values": d.tolist()}
 
 
 @torch.no_grad()
@@ -216,7 +295,8 @@ def downstream_comparison(
 
     Returns:
         ``{"real": {metric: {"mean", "sd", "values"}}, "augmented": {...},
-        "gain": {metric: augmented mean - real mean}, "counts": top-up counts per class,
+        "gain": {metric: augmented mean - real mean}, "gain_paired": {metric: paired per-seed
+        difference with its 95% CI}, "counts": top-up counts per class,
         "seeds", "n_train", "n_test", "per_class"}``; SD over seeds with ddof = 1.
     """
     if len(test_labels) == 0:
@@ -226,21 +306,28 @@ def downstream_comparison(
     scores: dict[str, dict[str, list[float]]] = {a: {m: [] for m in METRICS} for a in ARMS}
     counts: dict[str, dict[str, int]] = {}
     for seed in cfg.classifier_seeds:
+        # The validation images are real training images, held out of both arms alike.
+        keep, held = stratified_holdout(train_labels, cfg.classifier_val_fraction, seed)
+        fit_x, fit_y = train_images[keep], train_labels[keep]
         aug_x, aug_y, counts = top_up(
-            train_images,
-            train_labels,
+            fit_x,
+            fit_y,
             synth_images,
             synth_labels,
             cfg.classifier_per_class,
             seed,
         )
-        for arm, (x, y) in zip(ARMS, ((train_images, train_labels), (aug_x, aug_y)), strict=True):
-            model = train_classifier(x, y, cfg, seed, device, progress)
+        val = {"val_images": train_images[held], "val_labels": train_labels[held]}
+        for arm, (x, y) in zip(ARMS, ((fit_x, fit_y), (aug_x, aug_y)), strict=True):
+            model = train_classifier(x, y, cfg, seed, device, progress, **val)
             m = classification_metrics(test_labels, predict(model, test_images, device=device))
             for k, v in m.items():
                 scores[arm][k].append(v)
     out: dict[str, Any] = {arm: {k: _mean_sd(v) for k, v in scores[arm].items()} for arm in ARMS}
     out["gain"] = {m: out["augmented"][m]["mean"] - out["real"][m]["mean"] for m in METRICS}
+    out["gain_paired"] = {
+        m: paired_gain(scores["real"][m], scores["augmented"][m]) for m in METRICS
+    }
     out.update(
         counts=counts,
         seeds=[int(s) for s in cfg.classifier_seeds],

@@ -13,6 +13,7 @@ differ between diagnoses and between e4 counts.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -225,6 +226,7 @@ def effect_recovery(
     pooled = _with_ratio(effect_slope(area, e4_all, n_boot, seed), true_slope)
     return {
         **pooled,
+        "steps": e4_steps(area, e4_all),
         "true_slope": float(true_slope),
         "paired": _with_ratio(paired_effect_slope(area, e4_all, pair, n_boot, seed), true_slope),
         "cortical": effect_slope(cortex, e4_all, n_boot, seed),
@@ -234,6 +236,20 @@ def effect_recovery(
         "labels": dx_all,
         "ventricle_area_mm2": area,
         "cortical_csf_fraction": cortex,
+    }
+
+
+def e4_steps(area: torch.Tensor, e4: torch.Tensor) -> dict[str, float]:
+    """Mean ventricle area at each e4 count and the 0->1 and 1->2 differences (mm^2): an
+    additive effect gives two equal steps, a dominant or recessive one does not."""
+    a, k = np.asarray(area, float), np.asarray(e4)
+    means = {c: float(a[k == c].mean()) if (k == c).any() else math.nan for c in E4_COUNTS}
+    return {
+        "mean_0": means[0],
+        "mean_1": means[1],
+        "mean_2": means[2],
+        "0->1": means[1] - means[0],
+        "1->2": means[2] - means[1],
     }
 
 
@@ -279,7 +295,17 @@ def real_slope(
         sel = dx == d
         if torch.unique(e4[sel]).numel() > 1:
             per_dx[CLASS_NAMES[d]] = effect_slope(area[sel], e4[sel], n_boot, seed)
-    return {**effect_slope(area, e4, n_boot, seed), "per_diagnosis": per_dx}
+    fit = effect_slope(area, e4, n_boot, seed)
+    return {**fit, "steps": e4_steps(area, e4), "per_diagnosis": per_dx}
+
+
+def dx_areas(images: torch.Tensor, labels: torch.Tensor, pixel_mm: float) -> dict[str, float]:
+    """Mean ventricle area (mm^2) per diagnosis name of images (N, 1, H, W)."""
+    area = np.asarray(measure(images, pixel_mm)["ventricle_area_mm2"], float)
+    y = np.asarray(labels)
+    return {
+        CLASS_NAMES[d]: float(area[y == d].mean()) for d in sorted(set(y.tolist())) if d < 3
+    }
 
 
 def group_mean_differences(

@@ -24,6 +24,7 @@ from g2i_models.classifier import downstream_comparison
 from g2i_models.effects import (
     EffectRecoveryError,
     apoe_columns,
+    dx_areas,
     effect_recovery,
     group_mean_differences,
     real_slope,
@@ -143,6 +144,11 @@ def evaluate_model(
             save_difference_figure(d["differences"], out / f"differences_{kind}.png", title=title)
 
     pixel_mm = pixel_mm_for(int(generated.shape[-1]))
+    # Does the generator order the diagnoses as the real images do (ventricle area)?
+    result["dx_area_mm2"] = {
+        "generated": dx_areas(generated, labels, pixel_mm),
+        "real": dx_areas(test["images"], test["labels"], pixel_mm),
+    }
     result["effect"] = _effect(
         pipeline, panel, train_set, test_set, test, cfg, true_effect, pixel_mm, out, seed, progress
     )

@@ -8,6 +8,7 @@ passed in (Opacus: pass the ``make_private`` model, optimiser and loader).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence, Sized
 from typing import Any
 
@@ -74,9 +75,12 @@ def _run(
     history: list[dict[str, float]] | None,
     progress: bool,
     desc: str,
+    max_seconds: float = 0.0,
 ) -> dict[str, float]:
-    """Call ``step`` on every batch for ``epochs`` (at most ``max_steps`` > 0 steps) and
-    average the returned parts weighted by batch size."""
+    """Call ``step`` on every batch for ``epochs`` (at most ``max_steps`` > 0 steps, and no
+    step started after ``max_seconds`` > 0 of wall time) and average the returned parts
+    weighted by batch size."""
+    start = time.perf_counter()
     sums: dict[str, float] = {}
     counts: dict[str, int] = {}  # parts such as the adversarial terms start late
     n_seen, steps = 0, 0
@@ -99,15 +103,18 @@ def _run(
                 history.append({"step": float(len(history)), "epoch": float(epoch), **parts})
             bar.update(1)
             bar.set_postfix(loss=f"{parts['loss']:.4f}")
-            if 0 < max_steps <= steps:
+            out_of_time = 0 < max_seconds <= time.perf_counter() - start
+            if 0 < max_steps <= steps or out_of_time:
                 break
-        if 0 < max_steps <= steps:
+        if 0 < max_steps <= steps or 0 < max_seconds <= time.perf_counter() - start:
             break
     bar.close()
     if steps == 0:
         raise ValueError(f"{desc}: the data loader yielded no batch")
     metrics = {k: v / counts[k] for k, v in sums.items()}
-    metrics.update(num_examples=float(n_seen), steps=float(steps))
+    metrics.update(
+        num_examples=float(n_seen), steps=float(steps), seconds=time.perf_counter() - start
+    )
     return metrics
 
 
@@ -184,7 +191,16 @@ def train_autoencoder(
         done += 1
         return {"loss": loss.item(), **parts}
 
-    return _run(loader, cfg.ae_epochs, cfg.max_steps_ae, step, history, progress, "autoencoder")
+    return _run(
+        loader,
+        cfg.ae_epochs,
+        cfg.max_steps_ae,
+        step,
+        history,
+        progress,
+        "autoencoder",
+        cfg.max_seconds_ae,
+    )
 
 
 def train_ldm(
@@ -235,7 +251,16 @@ def train_ldm(
             ema.step(denoiser.parameters())
         return {"loss": loss.item(), "mse": mse.item()}
 
-    return _run(loader, cfg.ldm_epochs, cfg.max_steps_ldm, step, history, progress, "ldm")
+    return _run(
+        loader,
+        cfg.ldm_epochs,
+        cfg.max_steps_ldm,
+        step,
+        history,
+        progress,
+        "ldm",
+        cfg.max_seconds_ldm,
+    )
 
 
 @torch.no_grad()

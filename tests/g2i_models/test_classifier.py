@@ -5,15 +5,18 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from scipy import stats
 
 from conf.schema import EvaluationConfig
 from g2i_models.classifier import (
     METRICS,
     PaperCNN,
+    class_weights,
     classification_metrics,
     downstream_comparison,
     pool_sites,
     predict,
+    stratified_holdout,
     top_up,
     train_classifier,
 )
@@ -138,6 +141,28 @@ def test_classifier_learns_a_separable_problem() -> None:
         assert torch.equal(a, b)
 
 
+def test_class_weights_and_stratified_holdout() -> None:
+    y = torch.tensor([0] * 6 + [1] * 3 + [2] * 1)
+    w = class_weights(y)
+    assert w.tolist() == pytest.approx([10 / (3 * 6), 10 / (3 * 3), 10 / (3 * 1)])
+    keep, held = stratified_holdout(y, 0.34, seed=0)
+    assert sorted(keep.tolist() + held.tolist()) == list(range(10))
+    assert torch.bincount(y[held], minlength=3).tolist() == [2, 1, 0]
+
+
+def test_class_weighting_stops_majority_collapse() -> None:
+    """On an imbalanced set with a weak signal, the unweighted loss favours the majority
+    class; class weighting makes the minority classes predicted."""
+    g = torch.Generator().manual_seed(0)
+    n = [60, 12, 12]
+    y = torch.cat([torch.full((k,), c) for c, k in enumerate(n)])
+    x = torch.rand(len(y), 1, 8, 8, generator=g)
+    x[:, :, :2, :2] += 0.35 * y[:, None, None, None].float()  # weak class signal
+    cfg = replace(EvaluationConfig(), classifier_epochs=6, classifier_batch_size=16)
+    predicted = predict(train_classifier(x, y, cfg, seed=0, device="cpu"), x, device="cpu")
+    assert set(predicted.tolist()) != {0}
+
+
 def test_downstream_comparison_reports_both_arms_over_seeds() -> None:
     cfg = replace(
         EvaluationConfig(),
@@ -151,10 +176,11 @@ def test_downstream_comparison_reports_both_arms_over_seeds() -> None:
     xt, yt = separable(5, 16, seed=1)
     r = downstream_comparison(x, y, xt, yt, xs, ys, cfg, device="cpu")
     assert r["n_test"] == 15 and r["n_train"] == 12 and r["seeds"] == [0, 1]
+    # One of the 4 real AD images is held out for early stopping (20%, at least one).
     assert r["counts"]["AD"] == {
-        "real": 4,
-        "synthetic": 8,
-        "unique_synthetic": 8,
+        "real": 3,
+        "synthetic": 9,
+        "unique_synthetic": 9,
         "with_replacement": 0,
         "shortfall": 0,
     }
@@ -167,6 +193,12 @@ def test_downstream_comparison_reports_both_arms_over_seeds() -> None:
         assert r["gain"]["accuracy"] == pytest.approx(
             r["augmented"]["accuracy"]["mean"] - r["real"]["accuracy"]["mean"]
         )
+    for m in METRICS:
+        g = r["gain_paired"][m]
+        diffs = np.subtract(r["augmented"][m]["values"], r["real"][m]["values"])
+        assert g["values"] == pytest.approx(diffs.tolist())
+        half = stats.t.ppf(0.975, 1) * np.std(diffs, ddof=1) / np.sqrt(2)
+        assert g["ci"] == pytest.approx([diffs.mean() - half, diffs.mean() + half])
     pooled = pool_sites({"a": r, "b": r})
     assert pooled["sites"] == ["a", "b"]
     assert pooled["real"]["macro_f1"]["mean"] == pytest.approx(r["real"]["macro_f1"]["mean"])
