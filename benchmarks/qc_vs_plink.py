@@ -1,15 +1,17 @@
-"""Genotype QC speed: g2i-qc vs plink1.9 on the same fileset (default: ADNI-1 scale,
-900 samples x 620,000 SNPs), same flags (--mind 0.05 --geno 0.05 --hwe 1e-5 --maf 0.01
---make-bed), outputs checked byte for byte.
+"""Genotype QC speed: g2i-qc vs plink1.9 and plink2 on the same fileset (default: ADNI-1
+scale, 900 samples x 620,000 SNPs), same flags (--mind 0.05 --geno 0.05 --hwe 1e-5 --maf 0.01
+--make-bed); g2i-qc's outputs checked byte for byte against plink1.9's.
 
-    .venv/bin/python benchmarks/qc_vs_plink.py [--n-samples 900] [--n-snps 620000]
+    apt-get install plink1.9 plink2          # both references (Debian/Ubuntu packages)
+    nice -n 5 .venv/bin/python benchmarks/qc_vs_plink.py [--n-samples 900] [--n-snps 620000]
 
-Runs are interleaved (plink, our API, our CLI, our API on one thread) after one warm-up
-each so that all read the .bed from the page cache. The API time is ``run_qc`` called in
-this process (read, QC, all outputs written); the CLI time adds Python start-up and imports.
-Reports median wall time, the ratio to plink1.9, and peak memory
-(max RSS of the CLI process, and the growth of this process's RSS during the API call).
-Prints a table and writes benchmarks/results/qc_vs_plink.json.
+Each repeat runs plink1.9, plink2, the g2i-qc CLI and ``run_qc`` in this process (the API),
+interleaved, after one warm-up each so that all read the .bed from the page cache. Every tool
+writes its own output prefix, so each run replaces its previous outputs. Per tool: median
+wall time, median CPU time (user + system, all threads: less sensitive than wall time to
+other processes on a shared machine) and peak RSS (max RSS of the child process, from
+wait4); ratios to plink1.9 and to plink2 from the same run. The load average before and after
+goes into the JSON. Prints a table and writes benchmarks/results/qc_vs_plink.json.
 """
 
 from __future__ import annotations
@@ -18,13 +20,13 @@ import argparse
 import json
 import os
 import platform
-import resource
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -78,19 +80,48 @@ def make_fileset(prefix: Path, n_samples: int, n_snps: int, seed: int = 0) -> No
     )
 
 
-def timed_subprocess(cmd: list[str]) -> tuple[float, int]:
-    """Wall seconds and max RSS (KiB) of a child process."""
+@dataclass
+class Run:
+    """One child process: wall seconds, CPU seconds (user + system), max RSS (MiB)."""
+
+    wall: float
+    cpu: float
+    rss_mib: float
+
+
+def timed_subprocess(cmd: list[str]) -> Run:
+    """Run ``cmd`` and measure it alone (wait4 gives the child's own resource usage)."""
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
+    err = proc.stderr.read().decode() if proc.stderr else ""
+    proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
-        raise RuntimeError(f"{cmd[0]} failed:\n{proc.stdout}\n{proc.stderr}")
-    return wall, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        raise RuntimeError(f"{cmd[0]} failed ({proc.returncode}):\n{err}")
+    return Run(wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024)
+
+
+def timed_api(data: Path, out: Path) -> Run:
+    """``run_qc`` in this process (CPU time of the whole process, RSS growth)."""
+    before, cpu0 = rss_kib(), time.process_time()
+    t0 = time.perf_counter()
+    run_qc(data, qc_config(mind=0.05, geno=0.05, hwe=1e-5, maf=0.01), out)
+    wall = time.perf_counter() - t0
+    return Run(wall, time.process_time() - cpu0, (peak_rss_kib() - before) / 1024)
 
 
 def rss_kib() -> int:
+    return _status_kib("VmRSS:")
+
+
+def peak_rss_kib() -> int:
+    return _status_kib("VmHWM:")
+
+
+def _status_kib(key: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(key):
             return int(line.split()[1])
     return 0
 
@@ -99,94 +130,105 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n-samples", type=int, default=900)
     ap.add_argument("--n-snps", type=int, default=620_000)
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--workdir", type=Path, default=None, help="keep the fileset here")
     ap.add_argument(
         "--out", type=Path, default=ROOT / "benchmarks" / "results" / "qc_vs_plink.json"
     )
     args = ap.parse_args()
-    plink = shutil.which("plink1.9")
-    if plink is None:
-        sys.exit("plink1.9 is not installed: nothing to compare with")
+    tools = {name: shutil.which(name) for name in ("plink1.9", "plink2")}
+    missing = [name for name, path in tools.items() if path is None]
+    if missing:
+        sys.exit(f"{', '.join(missing)} not installed: apt-get install plink1.9 plink2")
     work = args.workdir or Path(tempfile.mkdtemp(prefix="qc-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     data = work / "array"
     expected_size = 3 + args.n_snps * ((args.n_samples + 3) // 4)
     bed = data.with_suffix(".bed")
-    if not (args.workdir and bed.exists() and bed.stat().st_size == expected_size):
+    if not (bed.exists() and bed.stat().st_size == expected_size):
         t0 = time.perf_counter()
         make_fileset(data, args.n_samples, args.n_snps)
         print(
             f"fileset {args.n_samples} x {args.n_snps} written in {time.perf_counter() - t0:.1f} s"
         )
-
-    cfg = qc_config(mind=0.05, geno=0.05, hwe=1e-5, maf=0.01)
-    plink_cmd = [plink, "--bfile", str(data), *FLAGS, "--make-bed", "--out", str(work / "plink")]
-    cli_cmd = [str(Path(sys.executable).parent / "g2i-qc"), "--bfile", str(data), *FLAGS]
-    cli_cmd += ["--out", str(work / "cli")]
-    timed_subprocess(plink_cmd)  # warm-up: page cache, first runs
-    run_qc(data, cfg, work / "api")
-    times: dict[str, list[float]] = {
-        "plink1.9": [],
-        "g2i-qc API": [],
-        "g2i-qc API 1 thread": [],
-        "g2i-qc CLI": [],
+    load_before = os.getloadavg()
+    base = [*FLAGS, "--make-bed"]
+    commands = {
+        "plink1.9": [tools["plink1.9"], "--bfile", str(data), *base, "--out", str(work / "p19")],
+        "plink2": [tools["plink2"], "--bfile", str(data), *base, "--out", str(work / "p2")],
+        "g2i-qc CLI": [
+            str(Path(sys.executable).parent / "g2i-qc"),
+            "--bfile",
+            str(data),
+            *base,
+            "--out",
+            str(work / "cli"),
+        ],  # fmt: skip
     }
-    rss = {"plink1.9": 0, "g2i-qc CLI": 0, "g2i-qc API (RSS growth)": 0}
+    runs: dict[str, list[Run]] = {name: [] for name in [*commands, "g2i-qc API (run_qc)"]}
+    for cmd in commands.values():  # warm-up: page cache, first runs
+        timed_subprocess(cmd)
+    timed_api(data, work / "api")
     for _ in range(args.repeats):
-        wall, _ = timed_subprocess(plink_cmd)
-        times["plink1.9"].append(wall)
-        before = rss_kib()
-        t = time.perf_counter()
-        result = run_qc(data, cfg, work / "api")
-        times["g2i-qc API"].append(time.perf_counter() - t)
-        rss["g2i-qc API (RSS growth)"] = max(rss["g2i-qc API (RSS growth)"], rss_kib() - before)
-        wall, _ = timed_subprocess(cli_cmd)
-        times["g2i-qc CLI"].append(wall)
-        os.environ["G2I_THREADS"] = "1"
-        t = time.perf_counter()
-        run_qc(data, cfg, work / "api1")
-        times["g2i-qc API 1 thread"].append(time.perf_counter() - t)
-        del os.environ["G2I_THREADS"]
-    # ru_maxrss of children is the max over all of them: measure each tool alone
-    rss["plink1.9"] = _peak_rss(plink_cmd)
-    rss["g2i-qc CLI"] = _peak_rss(cli_cmd)
+        for name, cmd in commands.items():
+            runs[name].append(timed_subprocess(cmd))
+        runs["g2i-qc API (run_qc)"].append(timed_api(data, work / "api"))
+    load_after = os.getloadavg()
     identical = all(
-        (work / f"plink{ext}").read_bytes() == (work / f"{who}{ext}").read_bytes()
+        (work / f"p19{ext}").read_bytes() == (work / f"{who}{ext}").read_bytes()
         for ext in (".bed", ".bim", ".fam")
-        for who in ("api", "api1", "cli")
+        for who in ("api", "cli")
     )
-    med = {k: statistics.median(v) for k, v in times.items()}
-    rep = result.report()
+    med = {
+        name: {
+            "wall_s": statistics.median(r.wall for r in rs),
+            "cpu_s": statistics.median(r.cpu for r in rs),
+            "peak_rss_mib": max(r.rss_mib for r in rs),
+        }
+        for name, rs in runs.items()
+    }
+    ratios = {
+        name: {
+            f"{what}_vs_{ref}": m[f"{what}_s"] / med[ref][f"{what}_s"]
+            for ref in ("plink1.9", "plink2")
+            for what in ("wall", "cpu")
+        }
+        for name, m in med.items()
+    }
+    rep = json.loads((work / "cli.qc.json").read_text())
     table = {
         "n_samples": args.n_samples,
         "n_snps": args.n_snps,
-        "median_seconds": med,
-        "all_seconds": times,
-        "ratio_api_vs_plink": med["g2i-qc API"] / med["plink1.9"],
-        "ratio_cli_vs_plink": med["g2i-qc CLI"] / med["plink1.9"],
-        "ratio_api_1_thread_vs_plink": med["g2i-qc API 1 thread"] / med["plink1.9"],
-        "peak_rss_mib": {k: round(v / 1024, 1) for k, v in rss.items()},
-        "outputs_byte_identical": identical,
+        "flags": base,
+        "repeats": args.repeats,
+        "median": med,
+        "ratios": ratios,
+        "all_runs": {name: [asdict(r) for r in rs] for name, rs in runs.items()},
+        "outputs_byte_identical_to_plink1.9": identical,
         "removed": {"mind": rep["samples"]["removed_mind"], **rep["variants"]["removed"]},
         "compiled_kernels": HAVE_EXTENSION,
+        "load_average_before": load_before,
+        "load_average_after": load_after,
         "machine": f"{platform.machine()}, {platform.python_implementation()} "
         f"{platform.python_version()}, {_cpus()} CPUs",
+        "versions": {name: _version(path) for name, path in tools.items()},
     }
-    print("\n| tool | median wall (s) | ratio vs plink1.9 | peak RSS (MiB) |")
-    print("|---|---|---|---|")
-    print(f"| plink1.9 | {med['plink1.9']:.3f} | 1.00 | {rss['plink1.9'] / 1024:.0f} |")
     print(
-        f"| g2i-qc API (run_qc) | {med['g2i-qc API']:.3f} | {table['ratio_api_vs_plink']:.2f} "
-        f"| +{rss['g2i-qc API (RSS growth)'] / 1024:.0f} (growth) |"
+        "\n| tool | median wall (s) | median CPU (s) | wall / plink1.9 | wall / plink2 "
+        "| CPU / plink2 | peak RSS (MiB) |"
     )
-    one = med["g2i-qc API 1 thread"]
-    print(f"| g2i-qc API, 1 thread | {one:.3f} | {table['ratio_api_1_thread_vs_plink']:.2f} | |")
+    print("|---|---|---|---|---|---|---|")
+    for name, m in med.items():
+        r = ratios[name]
+        rss = f"+{m['peak_rss_mib']:.0f} (growth)" if "API" in name else f"{m['peak_rss_mib']:.0f}"
+        print(
+            f"| {name} | {m['wall_s']:.3f} | {m['cpu_s']:.3f} | {r['wall_vs_plink1.9']:.2f} "
+            f"| {r['wall_vs_plink2']:.2f} | {r['cpu_vs_plink2']:.2f} | {rss} |"
+        )
     print(
-        f"| g2i-qc CLI | {med['g2i-qc CLI']:.3f} | {table['ratio_cli_vs_plink']:.2f} "
-        f"| {rss['g2i-qc CLI'] / 1024:.0f} |"
+        f"\noutputs byte-identical to plink1.9: {identical}; removed: {table['removed']}; "
+        f"load average {load_before[0]:.1f} -> {load_after[0]:.1f}"
     )
-    print(f"\noutputs byte-identical to plink1.9: {identical}; removed: {table['removed']}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(table, indent=1) + "\n")
     print(f"wrote {args.out}")
@@ -194,14 +236,9 @@ def main() -> None:
         shutil.rmtree(work)
 
 
-def _peak_rss(cmd: list[str]) -> int:
-    """Max RSS (KiB) of one run of ``cmd``, measured in a fresh child."""
-    probe = (
-        "import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, "
-        "capture_output=True); print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
-    )
-    out = subprocess.run([sys.executable, "-c", probe, *cmd], capture_output=True, text=True)
-    return int(out.stdout.strip() or 0)
+def _version(path: str | None) -> str:
+    proc = subprocess.run([str(path), "--version"], capture_output=True, text=True)
+    return proc.stdout.strip().splitlines()[0] if proc.stdout.strip() else "?"
 
 
 def _cpus() -> int:

@@ -120,6 +120,54 @@ static PyObject *count_masks(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* Per-sample missing counts by vertical (bit-sliced) counters: the missing flags of a word
+ * (one 2-bit field per sample, value 0/1) are added into 2-bit fields for 3 rows, then split
+ * into 4-bit fields (even / odd samples) for 15 rows, then into 8-bit fields for 255 rows,
+ * and only then added to the per-sample totals: a few word operations per row and word,
+ * whatever the missing rate. */
+#define M3 0x3333333333333333ULL
+#define M0F 0x0F0F0F0F0F0F0F0FULL
+
+typedef struct {
+    Py_ssize_t n_words;
+    uint64_t *a, *be, *bo, *c; /* 2-bit; 4-bit even / odd samples; 8-bit (4 per word) */
+    int na, nb, nc;            /* rows, A-flushes, B-flushes held in each level */
+} MissingAcc;
+
+static void flush_c(MissingAcc *m, uint32_t *res) {
+    for (Py_ssize_t k = 0; k < m->n_words; k++) {
+        for (int t = 0; t < 4; t++) {
+            uint64_t v = m->c[4 * k + t];
+            for (int q = 0; q < 8 && v; q++, v >>= 8) res[32 * k + 4 * q + t] += (uint32_t)(v & 0xFF);
+            m->c[4 * k + t] = 0;
+        }
+    }
+    m->nc = 0;
+}
+
+static void flush_b(MissingAcc *m, uint32_t *res) {
+    for (Py_ssize_t k = 0; k < m->n_words; k++) {
+        uint64_t be = m->be[k], bo = m->bo[k];
+        m->c[4 * k] += be & M0F;            /* samples 4q */
+        m->c[4 * k + 1] += bo & M0F;        /* 4q + 1 */
+        m->c[4 * k + 2] += (be >> 4) & M0F; /* 4q + 2 */
+        m->c[4 * k + 3] += (bo >> 4) & M0F; /* 4q + 3 */
+        m->be[k] = m->bo[k] = 0;
+    }
+    m->nb = 0;
+    if (++m->nc == 17) flush_c(m, res); /* 17 x 15 = 255 per byte */
+}
+
+static void flush_a(MissingAcc *m, uint32_t *res) {
+    for (Py_ssize_t k = 0; k < m->n_words; k++) {
+        m->be[k] += m->a[k] & M3;
+        m->bo[k] += (m->a[k] >> 2) & M3;
+        m->a[k] = 0;
+    }
+    m->na = 0;
+    if (++m->nb == 5) flush_b(m, res); /* 5 x 3 = 15 per nibble */
+}
+
 /* sample_missing(bed, nb, row_start, row_stop, mask, out): out[s] += number of rows where
  * sample s (selected by mask, 2s bits) has the missing code 01.  out: uint32, >= 32 * W. */
 static PyObject *sample_missing(PyObject *self, PyObject *args) {
@@ -131,24 +179,29 @@ static PyObject *sample_missing(PyObject *self, PyObject *args) {
     Py_ssize_t n_words = (nb + 7) / 8;
     int ok = row_start >= 0 && row_stop >= row_start && row_stop * nb <= bed.len &&
              mask.len >= n_words * 8 && out.len >= n_words * 32 * 4;
+    uint64_t *state = ok ? PyMem_RawCalloc((size_t)(7 * n_words + 1), sizeof(uint64_t)) : NULL;
+    if (ok && state == NULL) ok = 0;
     if (ok) {
         const uint8_t *base = (const uint8_t *)bed.buf;
         const uint64_t *mk = (const uint64_t *)mask.buf;
         uint32_t *res = (uint32_t *)out.buf;
+        MissingAcc m = {n_words, state, state + n_words, state + 2 * n_words,
+                        state + 3 * n_words, 0, 0, 0};
         Py_BEGIN_ALLOW_THREADS
         for (Py_ssize_t r = row_start; r < row_stop; r++) {
             const uint8_t *row = base + r * nb;
             for (Py_ssize_t k = 0; k < n_words; k++) {
                 uint64_t w = load_word(row, nb, k);
-                uint64_t miss = w & ~(w >> 1) & mk[k];
-                while (miss) {
-                    res[k * 32 + (__builtin_ctzll(miss) >> 1)] += 1;
-                    miss &= miss - 1;
-                }
+                m.a[k] += w & ~(w >> 1) & mk[k];
             }
+            if (++m.na == 3) flush_a(&m, res);
         }
+        flush_a(&m, res);
+        flush_b(&m, res);
+        flush_c(&m, res);
         Py_END_ALLOW_THREADS
     }
+    PyMem_RawFree(state);
     PyBuffer_Release(&bed);
     PyBuffer_Release(&mask);
     PyBuffer_Release(&out);
@@ -575,8 +628,8 @@ static PyObject *gather_pieces(PyObject *self, PyObject *args) {
  * parse_bim(raw, tok_start, tok_end, line_no, pos, flags, id_hash) tokenises a .bim in one
  * pass.  Arrays are preallocated for max_lines lines (int64 n x 6 for tokens).  Per line:
  * pos = parsed decimal position (-1 if not a plain non-negative integer), flags bit 0 = cM
- * token is "0", bit 1 = position token canonical (no leading zero / sign), id_hash = FNV-1a
- * of the ID.  Returns the number of variant lines, or -(line number) of the first line
+ * token is "0", bit 1 = position token canonical (no leading zero / sign), bit 2 = same
+ * chromosome token as the previous variant line, id_hash = FNV-1a of the ID.  Returns the number of variant lines, or -(line number) of the first line
  * without exactly 6 fields. */
 static PyObject *parse_bim(PyObject *self, PyObject *args) {
     Py_buffer raw, ts, te, ln, pos, flags, hash;
@@ -630,8 +683,11 @@ static PyObject *parse_bim(PyObject *self, PyObject *args) {
                 else v = v * 10 + (b[q] - '0');
             }
             ps[n] = valid ? v : -1;
+            int same_chrom = n > 0 && e6[0] - s6[0] == en[6 * (n - 1)] - st[6 * (n - 1)] &&
+                             memcmp(b + s6[0], b + st[6 * (n - 1)], (size_t)(e6[0] - s6[0])) == 0;
             fl[n] = (uint8_t)(((e6[2] - s6[2] == 1) && b[s6[2]] == '0') |
-                              ((valid && ((e6[3] - s6[3] == 1) || b[s6[3]] != '0')) << 1));
+                              ((valid && ((e6[3] - s6[3] == 1) || b[s6[3]] != '0')) << 1) |
+                              (same_chrom << 2));
             uint64_t h = 1469598103934665603ULL;
             for (int64_t q = s6[1]; q < e6[1]; q++) h = (h ^ b[q]) * 1099511628211ULL;
             hs[n] = h;
@@ -716,9 +772,52 @@ static PyObject *bim_lines(PyObject *self, PyObject *args) {
     return PyLong_FromSsize_t(w);
 }
 
+/* any_equal(values): 1 if two of the uint64 values are equal (open addressing in a table of
+ * at least twice as many slots), else 0.  Used on ID hashes: only when some are equal does
+ * the caller compare the IDs themselves. */
+static PyObject *any_equal(PyObject *self, PyObject *args) {
+    Py_buffer values;
+    if (!PyArg_ParseTuple(args, "y*", &values)) {
+        return NULL;
+    }
+    Py_ssize_t n = values.len / 8;
+    size_t cap = 16;
+    while (cap < (size_t)n * 2) cap <<= 1;
+    uint64_t *table = PyMem_RawCalloc(cap, sizeof(uint64_t));
+    unsigned char *used = PyMem_RawCalloc(cap, 1);
+    int found = 0;
+    if (table == NULL || used == NULL) {
+        PyMem_RawFree(table);
+        PyMem_RawFree(used);
+        PyBuffer_Release(&values);
+        return PyErr_NoMemory();
+    }
+    const uint64_t *v = values.buf;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < n && !found; i++) {
+        uint64_t x = v[i];
+        size_t slot = (size_t)((x * 0x9E3779B97F4A7C15ULL) >> 17) & (cap - 1);
+        while (used[slot]) {
+            if (table[slot] == x) {
+                found = 1;
+                break;
+            }
+            slot = (slot + 1) & (cap - 1);
+        }
+        used[slot] = 1;
+        table[slot] = x;
+    }
+    Py_END_ALLOW_THREADS
+    PyMem_RawFree(table);
+    PyMem_RawFree(used);
+    PyBuffer_Release(&values);
+    return PyBool_FromLong(found);
+}
+
 static PyMethodDef methods[] = {
     {"parse_bim", parse_bim, METH_VARARGS, "Tokenise a .bim."},
     {"bim_lines", bim_lines, METH_VARARGS, "Write .bim lines."},
+    {"any_equal", any_equal, METH_VARARGS, "Whether two uint64 values are equal."},
     {"gather_pieces", gather_pieces, METH_VARARGS, "Concatenate byte ranges."},
     {"count_masks", count_masks, METH_VARARGS, "Masked popcounts of .bed rows."},
     {"sample_missing", sample_missing, METH_VARARGS, "Per-sample missing-call counts."},

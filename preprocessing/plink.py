@@ -198,7 +198,7 @@ def read_bim(path: str | Path) -> Bim:
             path,
         )
     bim = Bim(raw, starts, ends, line_no, np.zeros(n, np.int16), np.zeros(n, np.int64))
-    bim.chrom = _chrom_codes(bim, path)
+    bim.chrom = _chrom_codes(bim, path, None if flags is None else np.flatnonzero(~flags & 4))
     if pos is None or (pos < 0).any():
         pos = _parse_ints(bim.column(3), line_no, path, "base-pair position")
     bim.pos = pos
@@ -219,7 +219,7 @@ def read_bim(path: str | Path) -> Bim:
             bim.cm_text = [cm_out[i] for i in inv_cm.tolist()]
     if id_hash is None:
         _check_unique(bim.snp_ids, line_no, path, "SNP ID")
-    else:
+    elif _ext.any_equal(id_hash):
         # equal hashes are candidates; confirm on the IDs themselves
         order = np.argsort(id_hash, kind="stable")
         same = np.flatnonzero(id_hash[order][1:] == id_hash[order][:-1])
@@ -246,16 +246,21 @@ def _parse_bim_fast(raw: bytes, path: Path) -> tuple[np.ndarray, ...]:
     return starts[:n], ends[:n], line_no[:n], pos[:n], flags[:n], id_hash[:n]
 
 
-def _chrom_codes(bim: Bim, path: Path) -> np.ndarray:
-    """Chromosome codes per variant; tokens change rarely, so decode each run once."""
-    tok = bim.column(0)
-    change = np.flatnonzero(tok[1:] != tok[:-1]) + 1
-    run_start = np.concatenate([[0], change])
+def _chrom_codes(bim: Bim, path: Path, run_start: np.ndarray | None = None) -> np.ndarray:
+    """Chromosome codes per variant; tokens change rarely, so decode each run once.
+
+    run_start: the variants whose token differs from the previous one (None: find them)."""
+    if run_start is None:
+        tok = bim.column(0)
+        run_start = np.concatenate([[0], np.flatnonzero(tok[1:] != tok[:-1]) + 1])
+        run_tok = tok[run_start]
+    else:
+        run_tok = bim.column(0, run_start)
     codes = {}
-    for t in set(tok[run_start].tolist()):
+    for t in set(run_tok.tolist()):
         code = chrom_code(t.decode(errors="replace"))
         if code is None:
-            ln = int(bim.line_no[np.flatnonzero(tok == t)[0]])
+            ln = int(bim.line_no[run_start[np.flatnonzero(run_tok == t)[0]]])
             raise GenotypeFormatError(
                 f"unknown chromosome code {t.decode(errors='replace')!r} (expected 1-26, X, Y, XY, "
                 "MT, or 0)",
@@ -263,8 +268,8 @@ def _chrom_codes(bim: Bim, path: Path) -> np.ndarray:
                 ln,
             )
         codes[t] = code
-    run_codes = np.array([codes[t] for t in tok[run_start].tolist()], dtype=np.int16)
-    return np.repeat(run_codes, np.diff(np.append(run_start, tok.size)))
+    run_codes = np.array([codes[t] for t in run_tok.tolist()], dtype=np.int16)
+    return np.repeat(run_codes, np.diff(np.append(run_start, bim.n)))
 
 
 def _parse_ints(tokens: np.ndarray, line_no: np.ndarray, path: Path, what: str) -> np.ndarray:

@@ -84,3 +84,18 @@ def test_hwe_decisions_without_extension(monkeypatch: pytest.MonkeyPatch) -> Non
     slow = [hwe.hwe_fails(*counts, thr, midp) for thr in (1e-3, 0.05) for midp in (False, True)]
     for a, b in zip(fast, slow, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_sample_missing_counts_past_every_counter_width(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 1,100 rows at a 60% missing rate: per-sample totals pass 255 (the 8-bit counters),
+    # and the row count is no multiple of the 3 / 15 / 255-row counter stages
+    rng = np.random.default_rng(5)
+    g = rng.integers(0, 3, (1100, 77)).astype(np.int8)
+    g[rng.random(g.shape) < 0.6] = -1
+    bed = pack_bed_rows(g)
+    mask = rng.random(77) < 0.8
+    fast = sample_missing_counts(bed, 77, mask, 7, 1100)
+    np.testing.assert_array_equal(fast, np.where(mask, (g[7:] == -1).sum(axis=0), 0))
+    assert fast.max() > 255
+    no_extension(monkeypatch)
+    np.testing.assert_array_equal(sample_missing_counts(bed, 77, mask, 7, 1100), fast)
