@@ -90,7 +90,9 @@ class Run:
 
 
 def timed_subprocess(cmd: list[str]) -> Run:
-    """Run ``cmd`` and measure it alone (wait4 gives the child's own resource usage)."""
+    """Run ``cmd``: wall time, and CPU time from wait4 (the child's own usage). Its RSS is
+    measured apart (``peak_rss_mib``): a child forked from this process starts with its
+    memory counted."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
@@ -99,7 +101,18 @@ def timed_subprocess(cmd: list[str]) -> Run:
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise RuntimeError(f"{cmd[0]} failed ({proc.returncode}):\n{err}")
-    return Run(wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024)
+    return Run(wall, usage.ru_utime + usage.ru_stime, 0.0)
+
+
+def peak_rss_mib(cmd: list[str]) -> float:
+    """Max RSS of one run of ``cmd``, launched from a fresh small interpreter."""
+    probe = (
+        "import os, subprocess, sys; p = subprocess.Popen(sys.argv[1:], "
+        "stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL); "
+        "print(os.wait4(p.pid, 0)[2].ru_maxrss)"
+    )
+    out = subprocess.run([sys.executable, "-S", "-c", probe, *cmd], capture_output=True, text=True)
+    return int(out.stdout.strip() or 0) / 1024
 
 
 def timed_api(data: Path, out: Path) -> Run:
@@ -173,6 +186,7 @@ def main() -> None:
         for name, cmd in commands.items():
             runs[name].append(timed_subprocess(cmd))
         runs["g2i-qc API (run_qc)"].append(timed_api(data, work / "api"))
+    rss = {name: peak_rss_mib(cmd) for name, cmd in commands.items()}
     load_after = os.getloadavg()
     identical = all(
         (work / f"p19{ext}").read_bytes() == (work / f"{who}{ext}").read_bytes()
@@ -183,7 +197,7 @@ def main() -> None:
         name: {
             "wall_s": statistics.median(r.wall for r in rs),
             "cpu_s": statistics.median(r.cpu for r in rs),
-            "peak_rss_mib": max(r.rss_mib for r in rs),
+            "peak_rss_mib": rss.get(name, max(r.rss_mib for r in rs)),
         }
         for name, rs in runs.items()
     }
