@@ -74,6 +74,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not site.is_dir():
         print(f"g2i-prepare: site_dir={site} is not a folder", file=sys.stderr)
         return 2
+    if out.exists() and not out.is_dir():
+        print(f"g2i-prepare: output_dir={out} is a file; give a folder", file=sys.stderr)
+        return 2
     catalog = own.get("catalog")
     source = partial(site_genotype_panel, work_dir=out, qc=data.qc, catalog=catalog)
     try:
@@ -86,7 +89,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             extra_inputs=None if catalog is None else [catalog],
             lock_timeout_s=float(own.get("lock_timeout", 3600)),
         )
-    except (G2IError, OSError, ValueError) as exc:
+    except OSError as exc:
+        where = exc.filename if exc.filename else out
+        print(f"g2i-prepare: {where}: {exc.strerror or exc}; check the path", file=sys.stderr)
+        return 2
+    except (G2IError, ValueError) as exc:
         print(f"g2i-prepare: {exc}", file=sys.stderr)
         return 2
     splits = {

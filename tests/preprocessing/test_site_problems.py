@@ -291,3 +291,18 @@ def test_empty_validation_split_is_said(site: Path, tmp_path: Path) -> None:
     with pytest.raises(EmptySplitError, match="data.val_fraction"):
         load_site_dataset(tmp_path / "prep", "val", require_nonempty=True)
     assert len(load_site_dataset(tmp_path / "prep", "train", require_nonempty=True)) > 0
+
+
+def test_bad_arguments_are_one_line_messages(
+    site: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "a-file").write_text("x")
+    cases = [
+        ([f"site_dir={tmp_path / 'nope'}", f"output_dir={tmp_path / 'o'}"], "is not a folder"),
+        ([f"site_dir={site}", f"output_dir={tmp_path / 'a-file'}"], "is a file"),
+        ([f"site_dir={site}", f"output_dir={tmp_path / 'o'}", "data.nosuch=1"], "data.nosuch"),
+    ]
+    for args, message in cases:
+        assert prepare_main(args) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err
