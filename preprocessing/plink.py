@@ -100,7 +100,9 @@ class Bim:
         return _gather_tokens(self.raw, starts, ends)
 
     def strings(self, k: int, rows: np.ndarray | None = None) -> list[str]:
-        return [t.decode() for t in self.column(k, rows).tolist()]
+        """Token column k as str (tokens hold no whitespace: one join, decode and split)."""
+        tokens = self.column(k, rows).tolist()
+        return b"\n".join(tokens).decode(errors="replace").split("\n") if tokens else []
 
     @property
     def snp_ids(self) -> np.ndarray:

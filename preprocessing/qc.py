@@ -502,7 +502,8 @@ def run_qc(
         raise QCError(f"{fs.prefix}: all samples removed due to missing genotype data (--mind)")
     groups = sample_groups(fs, ~removed, config.hwe_include_nonctrl)
     output = None
-    if out is not None and _is_sorted(bim.chrom, bim.pos):
+    in_order = _is_sorted(bim.chrom, bim.pos)  # the output order is the input order
+    if out is not None and in_order:
         # the output rows are the kept input rows in input order: write them in this pass
         keep_samples = None if not removed.any() else np.flatnonzero(~removed)
         output = OutputRows(_tmp_path(Path(out), ".bed"), keep_samples, keep_allele_order)
@@ -518,7 +519,7 @@ def run_qc(
         raise
     reverse = np.zeros(fs.n_snps, dtype=bool) if keep_allele_order else a2 < 0.5
     kept = np.flatnonzero(status == KEPT)
-    order = kept[sorted_order(bim.chrom[kept], bim.pos[kept])]
+    order = kept if in_order else kept[sorted_order(bim.chrom[kept], bim.pos[kept])]
     result = QCResult(
         prefix=str(fs.prefix),
         config=qc_options(config),
