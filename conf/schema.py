@@ -191,9 +191,11 @@ class TrainConfig:
     # Optional patch-adversarial term of the autoencoder loss (0 = off) and its start step.
     adv_weight: float = 0.0
     adv_start_step: int = 0
-    # An EMA of the weights over a local run's steps (the centralized baseline's model is
-    # its EMA; a federated round returns the raw weights, see README "Training core").
-    ema: bool = True
+    # An EMA of the weights over a local run's steps. Off: measured on the default cohort
+    # (240 AE / 480 LDM steps, centralized) the EMA at 0.999 lags the raw weights (AE val PSNR
+    # 22.8 vs 23.4 dB, LDM val MSE 0.090 vs 0.061); with it off, centralized and federated
+    # runs both use the raw weights.
+    ema: bool = False
     ema_decay: float = 0.999
     # "auto" = bf16 autocast on CUDA, fp32 elsewhere; "bf16" or "no" to force.
     mixed_precision: str = "auto"

@@ -32,7 +32,7 @@ from diffusers import AutoencoderKL
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.training_utils import EMAModel
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from conf.schema import PrivacyConfig, TrainConfig
 from g2i_models.autoencoder import PatchDiscriminator
@@ -69,7 +69,10 @@ APOE_E4_NAMES = ("APOE_e4", "rs429358")
 
 
 def e4_columns_of(dataset: Dataset) -> list[int]:
-    """Panel indices of the APOE e4 encodings of a dataset with ``snp_names`` (else none)."""
+    """Panel indices of the APOE e4 encodings of a dataset with ``snp_names`` (a pooled
+    ``ConcatDataset``: its first part's), else none."""
+    while isinstance(dataset, ConcatDataset):
+        dataset = dataset.datasets[0]
     names = getattr(dataset, "snp_names", None) or []
     return [i for i, name in enumerate(names) if name in APOE_E4_NAMES]
 

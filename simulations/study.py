@@ -2,13 +2,19 @@
 with and without differential privacy.
 
     g2i-study                                  # the quick preset (CPU; data/cohort)
+    g2i-study study=cpu data_root=DIR out_dir=DIR # LDM (label) and G2I+ on any cohort, CPU
     g2i-study study=full out_dir=runs/study_full  # the paper's scale, for a GPU
     g2i-study study.variants=[g2i_label_attn] study.privacy=[none]   # a subset of cells
 
 Each cell (model variant x mode x privacy) trains a model in its own run folder under
 ``out_dir/cells``: a federation of ``study.n_sites`` simulated sites with Flower's
-Simulation Engine, or the centralized baseline on the pooled training splits of the same
-prepared sites, given the same number of optimiser steps in total. Every model is then
+Simulation Engine (mode ``federated``), or the centralized baseline on the pooled training
+splits of the same prepared sites, through the same training core. ``centralized`` gets as
+many optimiser steps as each site took over all rounds (equal samples seen per site, same
+batch size); ``centralized_walltime`` gets, per phase, the wall time the federation's
+training took (per round the slowest site's local run, summed over rounds), with no step
+cap. The federated cell of a variant trains first; the centralized cells pool the datasets
+it prepared. Every model is then
 scored by ``g2i_models.evaluation.evaluate_model`` with one shared feature extractor. The
 study writes ``results.json``, ``table.md`` (the shapes of the paper's Tables 1 and 2 plus
 our columns), ``summary.png`` and ``report.md`` (figures, loss curves, privacy ledgers).
@@ -38,7 +44,7 @@ from simulations.federation import FederationError, run_federation
 from simulations.study_report import write_report, write_summary_plot, write_table
 
 log = logging.getLogger("g2i_fed.study")
-MODES = ("centralized", "federated")
+MODES = ("centralized", "federated", "centralized_walltime")
 
 
 @dataclass(frozen=True)
@@ -61,7 +67,7 @@ def study_cells(study: StudyConfig) -> list[Cell]:
     for mode in study.modes:
         if mode not in MODES:
             raise ValueError(f"study.modes: unknown mode {mode!r}; use {list(MODES)}")
-    order = sorted(study.modes, key=lambda m: m != "federated")
+    order = sorted(study.modes, key=lambda m: MODES.index(m) if m != "federated" else -1)
     return [Cell(v, m, p) for p in study.privacy for m in order for v in study.variants]
 
 
@@ -80,20 +86,51 @@ def cell_overrides(cell: Cell, study: StudyConfig, data_root: Path, run_dir: Pat
     return items
 
 
-def centralized_overrides(cfg: Any, n_sites: int) -> list[str]:
-    """Give the centralized model the optimiser steps of the whole federation: every round's
-    local epochs (so as many passes over the pooled data), and under a per-round step cap the
-    sites' steps summed."""
+def centralized_overrides(cfg: Any) -> list[str]:
+    """Equal samples seen per site: the centralized model takes as many optimiser steps (of
+    the same batch size) as one site took over all rounds: every round's local epochs, and
+    under a per-round step cap every round's capped steps."""
     fed, train = cfg.federation, cfg.train
     items = [
         f"train.ae_epochs={fed.rounds_ae * train.ae_epochs}",
         f"train.ldm_epochs={fed.rounds_ldm * train.ldm_epochs}",
     ]
     if train.max_steps_ae > 0:
-        items.append(f"train.max_steps_ae={fed.rounds_ae * train.max_steps_ae * n_sites}")
+        items.append(f"train.max_steps_ae={fed.rounds_ae * train.max_steps_ae}")
     if train.max_steps_ldm > 0:
-        items.append(f"train.max_steps_ldm={fed.rounds_ldm * train.max_steps_ldm * n_sites}")
+        items.append(f"train.max_steps_ldm={fed.rounds_ldm * train.max_steps_ldm}")
     return items
+
+
+def federated_train_seconds(run_dir: Path) -> dict[str, float]:
+    """Per phase, the federation's training wall time: each round's slowest site's local run
+    (the sites train in parallel), summed over the rounds of ``rounds.jsonl``."""
+    path = run_dir / "rounds.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: the federated cell has no round log to time")
+    totals = {"ae": 0.0, "ldm": 0.0}
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        r = json.loads(line)
+        seconds = [float(m.get("seconds", 0.0)) for m in r.get("site_metrics", {}).values()]
+        if r.get("phase") in totals and seconds:
+            totals[r["phase"]] += max(seconds)
+    return totals
+
+
+def walltime_overrides(cfg: Any, fed_run_dir: Path) -> list[str]:
+    """Equal wall time: the federation's per-phase training time as the centralized run's time
+    caps, epochs large enough that the time, not the data, ends each phase."""
+    seconds = federated_train_seconds(fed_run_dir)
+    return [
+        f"train.max_seconds_ae={seconds['ae']:.1f}",
+        f"train.max_seconds_ldm={seconds['ldm']:.1f}",
+        "train.max_steps_ae=0",
+        "train.max_steps_ldm=0",
+        "train.ae_epochs=100000",
+        "train.ldm_epochs=100000",
+    ]
 
 
 def train_cell(cell: Cell, study: StudyConfig, root: Path, out: Path, seed: int) -> dict:
@@ -119,11 +156,15 @@ def train_cell(cell: Cell, study: StudyConfig, root: Path, out: Path, seed: int)
         ledger = run_dir / "privacy_ledger.json"
         if ledger.is_file():
             info["privacy_ledger"] = json.loads(ledger.read_text())
+        info["train_seconds"] = federated_train_seconds(run_dir)
+        info["condition_use"] = _last_round_condition_use(run_dir)
     else:
         base = load_config(study.experiment, overrides)
-        cfg = load_config(
-            study.experiment, [*overrides, *centralized_overrides(base, study.n_sites)]
-        )
+        extra = centralized_overrides(base)
+        if cell.mode == "centralized_walltime":
+            fed_dir = out / "cells" / Cell(cell.variant, "federated", cell.privacy).name
+            extra += walltime_overrides(base, fed_dir)
+        cfg = load_config(study.experiment, [*overrides, *extra])
         data = to_object(cfg.data)
         try:
             train_set, val_set = load_split(data, "train", seed), load_split(data, "val", seed)
@@ -161,6 +202,7 @@ def run_study(root_cfg: Any, progress: bool = True) -> dict[str, Any]:
         json.loads(results_path.read_text()) if root_cfg.resume and results_path.is_file() else {}
     )
     extractor = None
+    results.pop("summary", None)
     for i, cell in enumerate(cells, 1):
         done = results.get(cell.name, {})
         if "evaluation" in done:
@@ -189,10 +231,86 @@ def run_study(root_cfg: Any, progress: bool = True) -> dict[str, Any]:
             entry["error"] = str(err)
         results[cell.name] = entry
         results_path.write_text(json.dumps(to_jsonable(results), indent=2) + "\n")
+    summary = study_summary(results)
+    results_path.write_text(
+        json.dumps(to_jsonable({**results, "summary": summary}), indent=2) + "\n"
+    )
+    results = {**results, "summary": summary}
     write_table(results, out / "table.md")
     write_summary_plot(results, out / "summary.png")
     write_report(results, root_cfg, out)
     return results
+
+
+def _last_round_condition_use(run_dir: Path) -> dict[str, float] | None:
+    """Mean over sites of the shuffled-condition deltas the sites measured on the global LDM
+    of the last round (``val-shuffle-*`` in ``rounds.jsonl``)."""
+    path = run_dir / "rounds.jsonl"
+    if not path.is_file():
+        return None
+    ldm = [json.loads(x) for x in path.read_text().splitlines() if '"ldm"' in x]
+    if not ldm:
+        return None
+    sites = ldm[-1].get("site_metrics", {}).values()
+    out = {}
+    for key in ("shuffle-e4", "shuffle-genotypes", "shuffle-dx"):
+        values = [m[f"val-{key}"] for m in sites if f"val-{key}" in m]
+        if values:
+            out[key.replace("-", "_")] = sum(values) / len(values)
+    return out or None
+
+
+def cell_summary(entry: dict[str, Any]) -> dict[str, Any]:
+    """The headline numbers of one evaluated cell (``results.json``'s ``summary``)."""
+    ev = entry.get("evaluation", {})
+    effect = ev.get("effect", {})
+    paired = effect.get("paired", {})
+    down = ev.get("downstream", {})
+    gain = down.get("gain_paired", {}).get("accuracy", {})
+    fid = ev.get("image", {}).get("fid_kid", {}).get("fid")
+    return {
+        "e4_ratio": paired.get("ratio"),
+        "e4_ci": [paired.get("ratio_ci_low"), paired.get("ratio_ci_high")]
+        if paired
+        else None,
+        "e4_steps": effect.get("steps"),
+        "e4_true_slope": effect.get("true_slope"),
+        "e4_real_slope": effect.get("real", {}).get("slope"),
+        "e4_real_ci": [effect.get("real", {}).get("ci_low"), effect.get("real", {}).get("ci_high")]
+        if "real" in effect
+        else None,
+        "fid": fid,
+        "dx_area_mm2": ev.get("dx_area_mm2", {}).get("generated"),
+        "dx_area_mm2_real": ev.get("dx_area_mm2", {}).get("real"),
+        "accuracy_real": down.get("real", {}).get("accuracy", {}).get("mean"),
+        "accuracy_augmented": down.get("augmented", {}).get("accuracy", {}).get("mean"),
+        "macro_f1_real": down.get("real", {}).get("macro_f1", {}).get("mean"),
+        "gain_ci": gain.get("ci"),
+        "memorised": ev.get("memorisation", {}).get("pixel", {}).get("fraction_flagged"),
+        "train_wall_s": entry.get("training", {}).get("train_wall_s"),
+        "condition_use": _condition_use(entry),
+    }
+
+
+def _condition_use(entry: dict[str, Any]) -> dict[str, float] | None:
+    """Shuffled-condition loss deltas: the centralized model's, or the federated model's last
+    LDM round at each site (mean over sites)."""
+    training = entry.get("training", {})
+    metrics = training.get("metrics", {})
+    keys = ("shuffle_e4", "shuffle_genotypes", "shuffle_dx")
+    if metrics:
+        got = {k: metrics.get(f"ldm_val_{k}") for k in keys}
+        return got if any(v is not None for v in got.values()) else None
+    return training.get("condition_use")
+
+
+def study_summary(results: dict[str, Any]) -> dict[str, Any]:
+    """``"<variant>/<mode>/<privacy>"`` -> ``cell_summary`` for every evaluated cell."""
+    return {
+        f"{r['variant']}/{r['mode']}/{r['privacy']}": cell_summary(r)
+        for name, r in results.items()
+        if name != "summary" and isinstance(r, dict) and "evaluation" in r
+    }
 
 
 def _shared_extractor(cfg: Any, out: Path, seed: int, progress: bool) -> Any:
