@@ -14,6 +14,7 @@
 #include <Python.h>
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define M5 0x5555555555555555ULL
@@ -626,7 +627,8 @@ static PyObject *gather_pieces(PyObject *self, PyObject *args) {
 
 /* ---- .bim text ----
  * parse_bim(raw, tok_start, tok_end, line_no, pos, flags, id_hash) tokenises a .bim in one
- * pass.  Arrays are preallocated for max_lines lines (int64 n x 6 for tokens).  Per line:
+ * pass.  Arrays are preallocated for max_lines lines (int32 n x 6 byte offsets for tokens,
+ * so the file must be under 2 GiB).  Per line:
  * pos = parsed decimal position (-1 if not a plain non-negative integer), flags bit 0 = cM
  * token is "0", bit 1 = position token canonical (no leading zero / sign), bit 2 = same
  * chromosome token as the previous variant line, id_hash = FNV-1a of the ID.  Returns the number of variant lines, or -(line number) of the first line
@@ -637,13 +639,14 @@ static PyObject *parse_bim(PyObject *self, PyObject *args) {
         return NULL;
     }
     Py_ssize_t cap = ln.len / 8;
-    int ok = ts.len >= cap * 48 && te.len >= cap * 48 && pos.len >= cap * 8 &&
-             flags.len >= cap && hash.len >= cap * 8;
+    int ok = ts.len >= cap * 24 && te.len >= cap * 24 && pos.len >= cap * 8 &&
+             flags.len >= cap && hash.len >= cap * 8 && raw.len < INT32_MAX;
     Py_ssize_t n = 0;
     if (ok) {
         const uint8_t *b = raw.buf;
         Py_ssize_t len = raw.len;
-        int64_t *st = ts.buf, *en = te.buf, *lno = ln.buf, *ps = pos.buf;
+        int32_t *st = ts.buf, *en = te.buf;
+        int64_t *lno = ln.buf, *ps = pos.buf;
         uint8_t *fl = flags.buf;
         uint64_t *hs = hash.buf;
         Py_BEGIN_ALLOW_THREADS
@@ -673,8 +676,10 @@ static PyObject *parse_bim(PyObject *self, PyObject *args) {
                 n = -line;
                 break;
             }
-            memcpy(st + 6 * n, s6, sizeof(s6));
-            memcpy(en + 6 * n, e6, sizeof(e6));
+            for (int q = 0; q < 6; q++) {
+                st[6 * n + q] = (int32_t)s6[q];
+                en[6 * n + q] = (int32_t)e6[q];
+            }
             lno[n] = line;
             int64_t v = 0;
             int valid = e6[3] - s6[3] <= 18;
@@ -717,9 +722,10 @@ static PyObject *bim_lines(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "y*y*y*y*y*y*w*", &raw, &ts, &te, &rows, &swap, &chrom, &out)) {
         return NULL;
     }
-    Py_ssize_t n = rows.len / 8, n_var = ts.len / 48, w = 0;
+    Py_ssize_t n = rows.len / 8, n_var = ts.len / 24, w = 0;
     int ok = te.len == ts.len && swap.len >= n && chrom.len >= n_var * 2;
-    const int64_t *st = ts.buf, *en = te.buf, *r = rows.buf;
+    const int32_t *st = ts.buf, *en = te.buf;
+    const int64_t *r = rows.buf;
     for (Py_ssize_t i = 0; ok && i < n; i++) ok = r[i] >= 0 && r[i] < n_var;
     if (ok) {
         const uint8_t *b = raw.buf;
@@ -729,7 +735,7 @@ static PyObject *bim_lines(PyObject *self, PyObject *args) {
         Py_ssize_t cap = out.len;
         Py_BEGIN_ALLOW_THREADS
         for (Py_ssize_t i = 0; i < n && ok; i++) {
-            const int64_t *s = st + 6 * r[i], *e = en + 6 * r[i];
+            const int32_t *s = st + 6 * r[i], *e = en + 6 * r[i];
             int a = sw[i] ? 5 : 4, c = sw[i] ? 4 : 5;
             Py_ssize_t need = 3 + 1 + (e[1] - s[1]) + 3 + (e[3] - s[3]) + (e[a] - s[a]) +
                               (e[c] - s[c]) + 4;
@@ -772,45 +778,66 @@ static PyObject *bim_lines(PyObject *self, PyObject *args) {
     return PyLong_FromSsize_t(w);
 }
 
-/* any_equal(values): 1 if two of the uint64 values are equal (open addressing in a table of
- * at least twice as many slots), else 0.  Used on ID hashes: only when some are equal does
- * the caller compare the IDs themselves. */
+/* any_equal(values): 1 if two of the uint64 values are equal, else 0.  Two bitsets over 2^24
+ * fragments of a mixed value (4 MiB, cache-resident) mark the fragments seen once and twice;
+ * only the values of fragments seen twice (a few thousand in a million) are compared, after
+ * sorting.  Used on ID hashes: only when some are equal does the caller compare the IDs. */
+#define FRAG_BITS 24
+
+static inline uint32_t fragment(uint64_t x) {
+    return (uint32_t)((x * 0x9E3779B97F4A7C15ULL) >> (64 - FRAG_BITS));
+}
+
+static int cmp_u64(const void *a, const void *b) {
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return (x > y) - (x < y);
+}
+
 static PyObject *any_equal(PyObject *self, PyObject *args) {
     Py_buffer values;
     if (!PyArg_ParseTuple(args, "y*", &values)) {
         return NULL;
     }
     Py_ssize_t n = values.len / 8;
-    size_t cap = 16;
-    while (cap < (size_t)n * 2) cap <<= 1;
-    uint64_t *table = PyMem_RawCalloc(cap, sizeof(uint64_t));
-    unsigned char *used = PyMem_RawCalloc(cap, 1);
-    int found = 0;
-    if (table == NULL || used == NULL) {
-        PyMem_RawFree(table);
-        PyMem_RawFree(used);
+    size_t words = ((size_t)1 << FRAG_BITS) / 64;
+    uint64_t *seen = PyMem_RawCalloc(2 * words, sizeof(uint64_t));
+    if (seen == NULL) {
         PyBuffer_Release(&values);
         return PyErr_NoMemory();
     }
+    uint64_t *twice = seen + words;
     const uint64_t *v = values.buf;
+    int found = 0, failed = 0;
     Py_BEGIN_ALLOW_THREADS
-    for (Py_ssize_t i = 0; i < n && !found; i++) {
-        uint64_t x = v[i];
-        size_t slot = (size_t)((x * 0x9E3779B97F4A7C15ULL) >> 17) & (cap - 1);
-        while (used[slot]) {
-            if (table[slot] == x) {
-                found = 1;
-                break;
-            }
-            slot = (slot + 1) & (cap - 1);
+    Py_ssize_t n_cand = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        uint32_t f = fragment(v[i]);
+        uint64_t bit = 1ULL << (f & 63);
+        if (seen[f >> 6] & bit) {
+            twice[f >> 6] |= bit;
+            n_cand++;
         }
-        used[slot] = 1;
-        table[slot] = x;
+        seen[f >> 6] |= bit;
+    }
+    if (n_cand) {
+        uint64_t *cand = PyMem_RawMalloc(sizeof(uint64_t) * (size_t)(2 * n_cand + 1));
+        Py_ssize_t m = 0;
+        if (cand == NULL) {
+            failed = 1;
+        } else {
+            for (Py_ssize_t i = 0; i < n; i++) {
+                uint32_t f = fragment(v[i]);
+                if (twice[f >> 6] & (1ULL << (f & 63))) cand[m++] = v[i];
+            }
+            qsort(cand, (size_t)m, sizeof(uint64_t), cmp_u64);
+            for (Py_ssize_t i = 1; i < m && !found; i++) found = cand[i] == cand[i - 1];
+            PyMem_RawFree(cand);
+        }
     }
     Py_END_ALLOW_THREADS
-    PyMem_RawFree(table);
-    PyMem_RawFree(used);
+    PyMem_RawFree(seen);
     PyBuffer_Release(&values);
+    if (failed) return PyErr_NoMemory();
     return PyBool_FromLong(found);
 }
 

@@ -78,7 +78,8 @@ class Fam:
 @dataclass
 class Bim:
     """The .bim as arrays over the raw bytes. ``tok_start``/``tok_end``: (n, 6) byte offsets
-    of the six tokens of each variant line; ``line_no``: (n,) 1-based file line numbers."""
+    of the six tokens of each variant line (int32 below 2 GiB, else int64); ``line_no``: (n,)
+    1-based file line numbers."""
 
     raw: bytes
     tok_start: np.ndarray
@@ -188,7 +189,7 @@ def read_bim(path: str | Path) -> Bim:
     path = Path(path)
     raw = _read_bytes(path)
     id_hash = None
-    if _ext is not None:
+    if _ext is not None and len(raw) < 2**31 - 1:
         starts, ends, line_no, pos, flags, id_hash = _parse_bim_fast(raw, path)
     else:
         starts, ends, line_no = _tokenize(raw, path, 6)
@@ -233,7 +234,7 @@ def read_bim(path: str | Path) -> Bim:
 
 def _parse_bim_fast(raw: bytes, path: Path) -> tuple[np.ndarray, ...]:
     cap = raw.count(b"\n") + 1
-    starts, ends = np.empty((cap, 6), np.int64), np.empty((cap, 6), np.int64)
+    starts, ends = np.empty((cap, 6), np.int32), np.empty((cap, 6), np.int32)
     line_no, pos = np.empty(cap, np.int64), np.empty(cap, np.int64)
     flags, id_hash = np.empty(cap, np.uint8), np.empty(cap, np.uint64)
     n = _ext.parse_bim(raw, starts, ends, line_no, pos, flags, id_hash)
@@ -428,7 +429,12 @@ def write_bim_subset(
     """
     rows = np.ascontiguousarray(rows, dtype=np.int64)
     swap = np.asarray(swap_alleles, dtype=bool)
-    if _ext is not None and not bim.cm_text and bim.pos_canonical:
+    if (
+        _ext is not None
+        and not bim.cm_text
+        and bim.pos_canonical
+        and bim.tok_start.dtype == np.int32
+    ):
         out = np.empty(len(bim.raw) + 4 * rows.size + 16, dtype=np.uint8)
         n = _ext.bim_lines(
             bim.raw, bim.tok_start, bim.tok_end, rows, swap.astype(np.uint8), bim.chrom, out
