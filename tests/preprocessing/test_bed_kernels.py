@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +28,21 @@ def no_extension(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(mod, "_ext", None)
 
 
-@pytest.mark.parametrize("n_samples", [1, 31, 32, 33, 70, 203])
-def test_kernels_equal_numpy(monkeypatch: pytest.MonkeyPatch, n_samples: int) -> None:
+@pytest.fixture(params=["avx512", "scalar"])
+def counting_path(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Each test runs with the AVX-512 counting path (where the CPU has it) and without."""
+    ext = bed_kernels._ext  # held here: tests swap the module attribute out
+    if request.param == "avx512" and not ext.have_avx512():
+        pytest.skip("no AVX-512 VPOPCNTQ on this CPU")
+    old = ext.set_avx512(request.param == "avx512")
+    yield request.param
+    ext.set_avx512(old)
+
+
+@pytest.mark.parametrize("n_samples", [1, 31, 32, 33, 70, 203, 257, 1001])
+def test_kernels_equal_numpy(
+    monkeypatch: pytest.MonkeyPatch, n_samples: int, counting_path: str
+) -> None:
     rng = np.random.default_rng(n_samples)
     g = rng.integers(-1, 3, (23, n_samples)).astype(np.int8)
     bed = pack_bed_rows(g)
