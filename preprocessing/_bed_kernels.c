@@ -120,12 +120,13 @@ static void count_rows_generic(const uint8_t *base, Py_ssize_t nb, Py_ssize_t ro
     COUNT_ROWS_BODY
 }
 
-/* Whether count_masks may take the AVX-512 path (set_avx512(False) tests the other one). */
-static int use_avx512 = 1;
+/* Whether the kernels may use the CPU's optional instructions (AVX-512 VPOPCNTQ for counts);
+ * set_cpu_extensions(False) tests the portable paths. */
+static int use_cpu_extensions = 1;
 
-static PyObject *set_avx512(PyObject *self, PyObject *arg) {
-    int old = use_avx512;
-    use_avx512 = PyObject_IsTrue(arg);
+static PyObject *set_cpu_extensions(PyObject *self, PyObject *arg) {
+    int old = use_cpu_extensions;
+    use_cpu_extensions = PyObject_IsTrue(arg);
     return PyBool_FromLong(old);
 }
 
@@ -161,7 +162,7 @@ static PyObject *count_masks(PyObject *self, PyObject *args) {
         uint32_t *res = (uint32_t *)out.buf;
         Py_BEGIN_ALLOW_THREADS
 #if HAVE_AVX512_VARIANT
-        if (use_avx512 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        if (use_cpu_extensions && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
             __builtin_cpu_supports("avx512vpopcntdq")) {
             count_rows_avx512(base, nb, row_start, n_rows, mk, n_masks, res, res_stride);
         } else
@@ -335,7 +336,7 @@ static PyObject *extract_rows(PyObject *self, PyObject *args) {
         ok = row_idx[i] >= 0 && (row_idx[i] + 1) * nb <= bed.len;
     }
     for (Py_ssize_t i = 0; ok && i < n_keep_listed; i++) {
-        ok = keep_idx[i] >= 0 && keep_idx[i] < nb * 4;
+        ok = keep_idx[i] >= 0 && keep_idx[i] < nb * 4 && (i == 0 || keep_idx[i] > keep_idx[i - 1]);
     }
     /* Kept samples as segments: consecutive source samples landing in one 32-sample output
      * word, each copied per row as one 64-bit bit field. */
@@ -382,7 +383,16 @@ static PyObject *extract_rows(PyObject *self, PyObject *args) {
                 memcpy(o, words, (size_t)nb_out);
             }
             if (flip[i]) {
-                for (Py_ssize_t j = 0; j < nb_out; j++) o[j] = reverse_lut[o[j]];
+                Py_ssize_t j = 0;
+                for (; j + 8 <= nb_out; j += 8) {
+                    uint64_t w;
+                    memcpy(&w, o + j, 8);
+                    /* fields whose two bits are equal (00, 11) are inverted; 01, 10 kept */
+                    uint64_t eq = ~(w ^ (w >> 1)) & M5;
+                    w ^= eq | (eq << 1);
+                    memcpy(o + j, &w, 8);
+                }
+                for (; j < nb_out; j++) o[j] = reverse_lut[o[j]];
             }
             if (nb_out) {
                 o[nb_out - 1] &= tail_mask;
@@ -913,7 +923,8 @@ static PyMethodDef methods[] = {
     {"any_equal", any_equal, METH_VARARGS, "Whether two uint64 values are equal."},
     {"gather_pieces", gather_pieces, METH_VARARGS, "Concatenate byte ranges."},
     {"count_masks", count_masks, METH_VARARGS, "Masked popcounts of .bed rows."},
-    {"set_avx512", set_avx512, METH_O, "Allow the AVX-512 counting path; returns the old value."},
+    {"set_cpu_extensions", set_cpu_extensions, METH_O,
+     "Allow the AVX-512 path; returns the old value."},
     {"have_avx512", have_avx512, METH_NOARGS, "Whether the AVX-512 counting path runs here."},
     {"sample_missing", sample_missing, METH_VARARGS, "Per-sample missing-call counts."},
     {"extract_rows", extract_rows, METH_VARARGS, "Subset, reverse and repack .bed rows."},

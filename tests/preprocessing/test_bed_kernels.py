@@ -28,20 +28,18 @@ def no_extension(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(mod, "_ext", None)
 
 
-@pytest.fixture(params=["avx512", "scalar"])
-def counting_path(request: pytest.FixtureRequest) -> Iterator[str]:
+@pytest.fixture(params=["cpu-extensions", "portable"])
+def kernel_path(request: pytest.FixtureRequest) -> Iterator[str]:
     """Each test runs with the AVX-512 counting path (where the CPU has it) and without."""
     ext = bed_kernels._ext  # held here: tests swap the module attribute out
-    if request.param == "avx512" and not ext.have_avx512():
-        pytest.skip("no AVX-512 VPOPCNTQ on this CPU")
-    old = ext.set_avx512(request.param == "avx512")
+    old = ext.set_cpu_extensions(request.param == "cpu-extensions")
     yield request.param
-    ext.set_avx512(old)
+    ext.set_cpu_extensions(old)
 
 
 @pytest.mark.parametrize("n_samples", [1, 31, 32, 33, 70, 203, 257, 1001])
 def test_kernels_equal_numpy(
-    monkeypatch: pytest.MonkeyPatch, n_samples: int, counting_path: str
+    monkeypatch: pytest.MonkeyPatch, n_samples: int, kernel_path: str
 ) -> None:
     rng = np.random.default_rng(n_samples)
     g = rng.integers(-1, 3, (23, n_samples)).astype(np.int8)
