@@ -31,6 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from conf import load_config, to_object  # noqa: E402
+from g2i_eval.effects import effect_recovery  # noqa: E402
+from g2i_eval.evaluation import stack_dataset  # noqa: E402
 from g2i_models.autoencoder import (  # noqa: E402
     build_autoencoder,
     latent_moments,
@@ -40,8 +42,6 @@ from g2i_models.autoencoder import (  # noqa: E402
 )
 from g2i_models.datasets import load_split, snp_names  # noqa: E402
 from g2i_models.diffusion import build_noise_scheduler  # noqa: E402
-from g2i_models.effects import effect_recovery  # noqa: E402
-from g2i_models.evaluation import stack_dataset  # noqa: E402
 from g2i_models.local_training import (  # noqa: E402
     derive_seed,
     e4_columns_of,

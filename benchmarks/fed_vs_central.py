@@ -40,7 +40,7 @@ import g2i_models.baseline as baseline
 from conf.loader import load_config, to_object
 from g2i_models.datasets import load_datasets
 from g2i_models.pipeline import library_versions
-from simulations.federation import BIN, REPO, stop_local_superlink
+from studies.federation import BIN, REPO, stop_local_superlink
 
 STAMP = re.compile(r"^(\d\d/\d\d/\d{4} \d\d:\d\d:\d\d):(?:INFO|DEBUG|WARNING):(.*)$")
 

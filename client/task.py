@@ -28,6 +28,8 @@ from conf.schema import (
     QCConfig,
     TrainConfig,
 )
+from g2i_eval.classifier import downstream_comparison
+from g2i_eval.memorisation import autoencoder_features, memorisation_audit
 from g2i_models.autoencoder import (
     build_autoencoder,
     latent_moments,
@@ -35,11 +37,9 @@ from g2i_models.autoencoder import (
     set_scale_factor,
 )
 from g2i_models.baseline import e4_columns_of
-from g2i_models.classifier import downstream_comparison
 from g2i_models.device import get_device
 from g2i_models.diffusion import build_noise_scheduler
 from g2i_models.local_training import derive_seed, make_loader, train_local
-from g2i_models.memorisation import autoencoder_features, memorisation_audit
 from g2i_models.privacy import PrivacyLedger, strip_private_prefix
 from g2i_models.train import condition_use, evaluate_autoencoder, evaluate_ldm
 from g2i_models.unet import build_denoiser

@@ -2,7 +2,7 @@
 
 ``effect_recovery`` generates images from genotype profiles that differ only in their APOE
 e4 encoding (0, 1 or 2 copies), with the same diagnosis and the same sampling noise, measures
-ventricle area (``g2i_models.morphometry``) and fits the slope per e4 copy with a bootstrap
+ventricle area (``g2i_eval.morphometry``) and fits the slope per e4 copy with a bootstrap
 CI. Compared with the true slope (``simulations.truth_effects``) it says whether the model
 learned the effect (ratio about 1), ignored it (about 0) or exaggerated it. ``real_slope``
 is the same regression on real images, for comparison.
@@ -25,7 +25,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from g2i_models.morphometry import measure, pixel_mm_for  # noqa: E402
+from g2i_eval.morphometry import measure, pixel_mm_for  # noqa: E402
 from g2i_models.pipeline import G2IPipeline, generate  # noqa: E402
 
 CLASS_NAMES = ("CN", "MCI", "AD")

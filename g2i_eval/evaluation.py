@@ -20,8 +20,8 @@ import torch
 from torch.utils.data import Dataset
 
 from conf.schema import EvaluationConfig
-from g2i_models.classifier import downstream_comparison
-from g2i_models.effects import (
+from g2i_eval.classifier import downstream_comparison
+from g2i_eval.effects import (
     EffectRecoveryError,
     apoe_columns,
     dx_areas,
@@ -31,10 +31,10 @@ from g2i_models.effects import (
     save_difference_figure,
     save_e4_figure,
 )
-from g2i_models.features import FeatureExtractor, build_extractor, extract_features
-from g2i_models.memorisation import memorisation_audit
-from g2i_models.metrics import image_metrics
-from g2i_models.morphometry import pixel_mm_for
+from g2i_eval.features import FeatureExtractor, build_extractor, extract_features
+from g2i_eval.memorisation import memorisation_audit
+from g2i_eval.metrics import image_metrics
+from g2i_eval.morphometry import pixel_mm_for
 from g2i_models.pipeline import G2IPipeline, generate
 from g2i_models.plots import CLASS_NAMES, save_sample_grid
 

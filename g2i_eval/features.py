@@ -3,7 +3,7 @@
 Two kinds, chosen by ``evaluation.feature_extractor``:
 
 ``inception``
-    Inception-v3 (:mod:`g2i_models.inception`) with weights read from a torchvision-layout
+    Inception-v3 (:mod:`g2i_eval.inception`) with weights read from a torchvision-layout
     state-dict file (``evaluation.inception_weights``; nothing is downloaded). Slices are
     resized to 299 x 299 (bilinear), the channel is repeated to RGB and intensities are
     scaled to [-1, 1]: that is what ImageNet normalisation followed by torchvision's
@@ -52,8 +52,8 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from conf.schema import EvaluationConfig
+from g2i_eval.inception import InceptionV3, split_head_keys
 from g2i_models.device import get_device
-from g2i_models.inception import InceptionV3, split_head_keys
 from preprocessing.errors import G2IError
 from preprocessing.versions import package_versions
 

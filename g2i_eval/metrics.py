@@ -4,7 +4,7 @@ FID / KID (torchmetrics classes) and the Frechet distance from feature moments.
 Images are (N, 1, H, W) float32 in [0, 1]; labels (N,) int64 (CN 0, MCI 1, AD 2). PSNR uses
 data_range 1 and is averaged over per-image values (identical images give inf). SSIM uses
 the standard 11-pixel Gaussian window (sigma 1.5); MS-SSIM uses :func:`ms_ssim_settings`.
-FID and KID are computed on features from a :class:`g2i_models.features.FeatureExtractor`,
+FID and KID are computed on features from a :class:`g2i_eval.features.FeatureExtractor`,
 and every FID / KID value is reported with that extractor's ``name``: numbers from
 different extractors are not comparable.
 """
@@ -27,7 +27,7 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
 from conf.schema import EvaluationConfig
-from g2i_models.features import FeatureExtractor, extract_features
+from g2i_eval.features import FeatureExtractor, extract_features
 from g2i_models.plots import CLASS_NAMES
 
 # Wang et al. (2003) weights of the five MS-SSIM scales, finest first.

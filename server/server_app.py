@@ -33,13 +33,13 @@ from client.task import (
     unflatten_metrics,
 )
 from conf import load_config, to_object
+from g2i_eval.classifier import pool_sites
 from g2i_models.autoencoder import (
     build_autoencoder,
     latent_size,
     scale_factor_from_moments,
     set_scale_factor,
 )
-from g2i_models.classifier import pool_sites
 from g2i_models.device import seed_everything
 from g2i_models.diffusion import build_noise_scheduler
 from g2i_models.pipeline import G2IPipeline, generate

@@ -25,7 +25,7 @@ Two more numbers help judge a measured slope:
   area on e4 in real images estimates this total effect, not the direct one.
 - ``calibration``: noise-free renders of the template at several dilations, run through the
   data pipeline's normalisation and slice extraction and measured with
-  ``g2i_models.morphometry.ventricle_area``; the ratio of its slope to the template's
+  ``g2i_eval.morphometry.ventricle_area``; the ratio of its slope to the template's
   ``A(d)`` slope over the same dilations says how much of a true area change the
   measurement sees (below 1: partial-volume rim and grey matter next to the ventricles).
 """
@@ -193,7 +193,7 @@ def true_ventricle_area_slope(
 def measurement_calibration(dilations_mm: list[float], data_cfg: DataConfig) -> dict[str, Any]:
     """``ventricle_area`` on noise-free renders vs the template's partial-volume area, both
     at ``dilations_mm`` in the exact slice plane; slopes are OLS over the dilations."""
-    from g2i_models.morphometry import pixel_mm_for, ventricle_area
+    from g2i_eval.morphometry import pixel_mm_for, ventricle_area
 
     images = render_template_slices(dilations_mm, data_cfg)
     centre = images[:, images.shape[1] // 2]

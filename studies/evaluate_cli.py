@@ -21,11 +21,11 @@ from typing import Any
 
 from conf.loader import load_config, to_object
 from conf.schema import DataConfig, EvaluationConfig
+from g2i_eval.evaluation import evaluate_model
+from g2i_eval.features import FeatureExtractor, FeatureExtractorError
 from g2i_models.cli import setup_logging
 from g2i_models.datasets import DataSourceError, load_split, snp_names
 from g2i_models.device import get_device
-from g2i_models.evaluation import evaluate_model
-from g2i_models.features import FeatureExtractor, FeatureExtractorError
 from g2i_models.pipeline import G2IPipeline
 from simulations.truth_effects import true_ventricle_area_slope
 

@@ -15,7 +15,7 @@ batch size); ``centralized_walltime`` gets, per phase, the wall time the federat
 training took (per round the slowest site's local run, summed over rounds), with no step
 cap. The federated cell of a variant trains first; the centralized cells pool the datasets
 it prepared. Every model is then
-scored by ``g2i_models.evaluation.evaluate_model`` with one shared feature extractor. The
+scored by ``g2i_eval.evaluation.evaluate_model`` with one shared feature extractor. The
 study writes ``results.json``, ``table.md`` (the shapes of the paper's Tables 1 and 2 plus
 our columns), ``summary.png`` and ``report.md`` (figures, loss curves, privacy ledgers).
 A rerun skips finished cells.
@@ -34,14 +34,14 @@ from typing import Any
 
 from conf.loader import load_config, to_object
 from conf.schema import StudyConfig
+from g2i_eval.evaluation import to_jsonable
+from g2i_eval.features import build_extractor
 from g2i_models.baseline import train_centralized
 from g2i_models.cli import setup_logging
 from g2i_models.datasets import DataSourceError, load_split
-from g2i_models.evaluation import to_jsonable
-from g2i_models.features import build_extractor
-from simulations.evaluate_cli import run_evaluation
-from simulations.federation import FederationError, run_federation
-from simulations.study_report import write_report, write_summary_plot, write_table
+from studies.evaluate_cli import run_evaluation
+from studies.federation import FederationError, run_federation
+from studies.study_report import write_report, write_summary_plot, write_table
 
 log = logging.getLogger("g2i_fed.study")
 MODES = ("centralized", "federated", "centralized_walltime")

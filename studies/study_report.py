@@ -1,5 +1,5 @@
 """The study's table (the shapes of the paper's Tables 1 and 2, plus our columns), summary plot
-and Markdown report. Input: ``results`` as ``simulations.study.run_study`` builds it, one
+and Markdown report. Input: ``results`` as ``studies.study.run_study`` builds it, one
 entry per cell with "variant", "mode", "privacy", "training", "evaluation" (or "error").
 """
 

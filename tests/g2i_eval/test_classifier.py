@@ -8,7 +8,7 @@ import torch
 from scipy import stats
 
 from conf.schema import EvaluationConfig
-from g2i_models.classifier import (
+from g2i_eval.classifier import (
     METRICS,
     PaperCNN,
     class_weights,

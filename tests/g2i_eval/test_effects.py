@@ -8,9 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from g2i_models.autoencoder import build_autoencoder, set_scale_factor
-from g2i_models.diffusion import build_noise_scheduler
-from g2i_models.effects import (
+from g2i_eval.effects import (
     EffectRecoveryError,
     apoe_columns,
     apoe_profiles,
@@ -23,9 +21,11 @@ from g2i_models.effects import (
     save_difference_figure,
     save_e4_figure,
 )
+from g2i_models.autoencoder import build_autoencoder, set_scale_factor
+from g2i_models.diffusion import build_noise_scheduler
 from g2i_models.pipeline import G2IPipeline
 from g2i_models.unet import build_denoiser
-from tests.g2i_models.test_morphometry import phantom
+from tests.g2i_eval.test_morphometry import phantom
 from tests.g2i_models.tiny import IMAGE_SIZE, N_SNPS, tiny_model_config
 
 # Tiny networks: thread start-up and contention cost more than they save.

@@ -5,8 +5,7 @@ import torch
 from torchmetrics.image.fid import FrechetInceptionDistance
 
 from conf.schema import EvaluationConfig
-from g2i_models.datasets import SyntheticSliceDataset
-from g2i_models.features import (
+from g2i_eval.features import (
     FeatureExtractorError,
     InceptionExtractor,
     InDomainExtractor,
@@ -14,8 +13,9 @@ from g2i_models.features import (
     extract_features,
     train_in_domain_extractor,
 )
-from g2i_models.inception import InceptionV3
-from g2i_models.metrics import fid_kid
+from g2i_eval.inception import InceptionV3
+from g2i_eval.metrics import fid_kid
+from g2i_models.datasets import SyntheticSliceDataset
 
 
 @pytest.fixture(scope="module")

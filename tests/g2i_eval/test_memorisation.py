@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from g2i_models.memorisation import memorisation_audit, nearest_neighbours
+from g2i_eval.memorisation import memorisation_audit, nearest_neighbours
 
 # Tiny networks: thread start-up and contention cost more than they save.
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

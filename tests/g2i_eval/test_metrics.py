@@ -8,9 +8,8 @@ from torchmetrics.functional.image import multiscale_structural_similarity_index
 from torchmetrics.image.fid import FrechetInceptionDistance
 
 from conf.schema import EvaluationConfig
-from g2i_models.datasets import SyntheticSliceDataset
-from g2i_models.features import FeatureExtractor
-from g2i_models.metrics import (
+from g2i_eval.features import FeatureExtractor
+from g2i_eval.metrics import (
     against_real,
     diversity,
     feature_moments,
@@ -20,6 +19,7 @@ from g2i_models.metrics import (
     ms_ssim_settings,
     paired_metrics,
 )
+from g2i_models.datasets import SyntheticSliceDataset
 
 
 class PooledPixels(FeatureExtractor):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from g2i_models.morphometry import (
+from g2i_eval.morphometry import (
     MorphometryError,
     cortical_csf_fraction,
     measure,

@@ -6,7 +6,7 @@ import pytest
 from flwr.app import MetricRecord, RecordDict
 
 from client.task import flatten_metrics
-from g2i_models.classifier import ARMS, METRICS
+from g2i_eval.classifier import ARMS, METRICS
 from server.server_app import _site_evaluations
 
 

@@ -11,7 +11,7 @@ import pytest
 from scipy import ndimage
 
 from conf.schema import DataConfig
-from g2i_models.morphometry import (
+from g2i_eval.morphometry import (
     VENTRICLE_ROI_MM,
     VENTRICLE_SEED_MM,
     cortical_csf_fraction,

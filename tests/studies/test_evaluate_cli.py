@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from g2i_models.cli import train_main
-from simulations.evaluate_cli import main
+from studies.evaluate_cli import main
 
 from .test_study import TINY
 

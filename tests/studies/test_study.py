@@ -7,8 +7,8 @@ import json
 import pytest
 
 from conf import load_config, to_object
-from simulations.study import Cell, centralized_overrides, main, study_cells
-from simulations.study_report import cell_row, epsilon_of, table_markdown
+from studies.study import Cell, centralized_overrides, main, study_cells
+from studies.study_report import cell_row, epsilon_of, table_markdown
 
 from ..g2i_models.test_cli import TINY as CLI_TINY
 
