@@ -137,6 +137,11 @@ class ModelConfig:
     variant: str = "g2i_plus"
     # How the diagnosis enters the UNet: "concat" (paper) or "embed" (authors' code).
     label_mode: str = "embed"
+    # The genotype's timestep-embedding route (g2i_plus, g2i_label_noattn): what it pools
+    # ("tokens": the encoder's output; "values": the value embeddings, additive in the SNPs)
+    # and how its projection starts ("zero" or "default").
+    genotype_pool: str = "tokens"
+    genotype_time_init: str = "zero"
     num_classes: int = 3
     # Autoencoder: len(ae_channels) - 1 downsamplings (3 levels = latents at 1/4 size).
     ae_channels: list[int] = field(default_factory=lambda: [32, 64, 64])

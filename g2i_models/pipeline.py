@@ -58,6 +58,7 @@ class G2IPipeline(DiffusionPipeline):
         guidance_scale: float = 1.0,
         allele_freqs: list[float] | None = None,
         versions: dict[str, str] | None = None,
+        genotype_pool: str = "tokens",
     ) -> None:
         super().__init__()
         self.register_modules(vae=vae, unet=unet, scheduler=scheduler, snp_encoder=snp_encoder)
@@ -70,9 +71,12 @@ class G2IPipeline(DiffusionPipeline):
             guidance_scale=guidance_scale,
             allele_freqs=allele_freqs,
             versions=versions or library_versions(),
+            genotype_pool=genotype_pool,
         )
         # Validates the variant against the components (an SNP encoder when genotypes are used).
-        self.denoiser = ConditionalDenoiser(unet, snp_encoder, variant, label_mode, num_classes)
+        self.denoiser = ConditionalDenoiser(
+            unet, snp_encoder, variant, label_mode, num_classes, genotype_pool
+        )
 
     @classmethod
     def from_parts(
@@ -92,6 +96,7 @@ class G2IPipeline(DiffusionPipeline):
             variant=denoiser.variant,
             label_mode=denoiser.label_mode,
             num_classes=denoiser.num_classes,
+            genotype_pool=denoiser.genotype_pool,
             **config,
         )
 

@@ -114,6 +114,16 @@ class SNPEncoder(ModelMixin, ConfigMixin):
             x = block(x)
         return self.norm(x)
 
+    def additive(self, genotypes: torch.Tensor) -> torch.Tensor:
+        """(B, n_snps) -> (B, d): the mean of the genotype-value embeddings, before any
+        attention: an additive (polygenic-score-like) summary, linear in each SNP's value."""
+        b, n = genotypes.shape
+        positions = torch.arange(n, device=genotypes.device).unsqueeze(0).repeat(b, 1)
+        values = genotypes.long()
+        if self.config.per_snp_values:
+            values = positions * N_GENOTYPE_TOKENS + values
+        return self.genotype_embed(values).mean(dim=1)
+
     @staticmethod
     def pool(snp_tokens: torch.Tensor) -> torch.Tensor:
         """(B, n_snps, d) -> (B, d): the genotype as one vector (mean over SNP tokens)."""

@@ -39,6 +39,9 @@ from conf.schema import ModelConfig
 from g2i_models.snp_encoder import NULL_GENOTYPE, SNPEncoder
 
 LABEL_MODES = ("concat", "embed")
+# What the timestep-embedding route of the genotype reads: the mean of the encoder's SNP
+# tokens, or the mean of the value embeddings before attention (additive in the SNPs).
+GENOTYPE_POOLS = ("tokens", "values")
 
 
 @dataclass(frozen=True)
@@ -122,9 +125,9 @@ def build_unet(cfg: ModelConfig, latent_size: int) -> UNet2DConditionModel:
         attention_head_dim=tuple(c // cfg.unet_head_dim for c in channels),
         **class_kwargs,
     )
-    if spec.pooled:
+    if spec.pooled and cfg.genotype_time_init == "zero":
         # Zero: the genotype starts with no effect and its direction is learned, instead of
-        # a random projection of 64 dimensions perturbing every timestep embedding.
+        # a random projection perturbing every timestep embedding.
         nn.init.zeros_(unet.time_embedding.cond_proj.weight)
     return unet
 
@@ -158,9 +161,15 @@ class ConditionalDenoiser(nn.Module):
         variant: str,
         label_mode: str = "embed",
         num_classes: int = 3,
+        genotype_pool: str = "tokens",
     ) -> None:
         super().__init__()
         self.spec = variant_spec(variant, label_mode)
+        if genotype_pool not in GENOTYPE_POOLS:
+            raise ValueError(
+                f"unknown model.genotype_pool={genotype_pool!r}; choose one of {GENOTYPE_POOLS}"
+            )
+        self.genotype_pool = genotype_pool
         if self.spec.genotype and snp_encoder is None:
             raise ValueError(f"variant {variant!r} needs an SNP encoder")
         self.unet = unet
@@ -201,7 +210,9 @@ class ConditionalDenoiser(nn.Module):
         onehot = None
         class_labels = None
         pooled = None
-        if self.spec.pooled:
+        if self.spec.pooled and self.genotype_pool == "values":
+            pooled = self.snp_encoder.additive(genotypes)  # (B, d)
+        elif self.spec.pooled:
             pooled = SNPEncoder.pool(snp_tokens)  # (B, d)
         if not self.spec.cross_attention:
             snp_tokens = None
@@ -233,4 +244,5 @@ def build_denoiser(cfg: ModelConfig, n_snps: int, latent_size: int) -> Condition
         cfg.variant,
         cfg.label_mode,
         cfg.num_classes,
+        cfg.genotype_pool,
     )
