@@ -17,6 +17,7 @@ Only the QC modules are imported (no Hydra/OmegaConf): start-up is part of the w
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -99,6 +100,16 @@ def _fail(message: str) -> NoReturn:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # One short run that makes few reference cycles: the cyclic collector would only walk the
+    # objects of the imports and of the report, again and again.
+    gc.disable()
+    try:
+        return _run(argv)
+    finally:
+        gc.enable()
+
+
+def _run(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     try:
         hwe, modifiers = _hwe_option(args.hwe)
