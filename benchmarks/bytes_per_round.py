@@ -16,6 +16,7 @@ does not depend on their values). Writes ``benchmarks/results/bytes_per_round.js
 
     python benchmarks/bytes_per_round.py                       # tiny and paper
     python benchmarks/bytes_per_round.py --experiments tiny --qc-snps 0
+    python benchmarks/bytes_per_round.py --experiments tiny --qc-only --cohort /tmp/cohort
 
 The QC counts at array scale come from a generated site of ``--qc-samples`` samples x
 ``--qc-snps`` SNPs (``site_counts`` on it, a few seconds to write the fileset).
@@ -244,6 +245,20 @@ def measure(experiment: str, cohort: Path, qc_snps: int, qc_samples: int) -> dic
     }
 
 
+def measure_qc(experiment: str, cohort: Path, qc_snps: int, qc_samples: int) -> dict[str, Any]:
+    """Phase 0 only (census and QC messages): needs the cohort's site-* genotypes, not a
+    prepared site or the models."""
+    data = to_object(load_config(experiment, f"data.root={cohort}").data)
+    msgs, n_counted = qc_messages(cohort, data.qc, 0)
+    if qc_snps > 0:
+        big, _ = qc_messages(cohort, data.qc, qc_snps, qc_samples)
+        scale = f"{qc_snps:,} SNPs, {qc_samples} samples"
+        msgs[f"QC counts up ({scale})"] = big["QC counts up"]
+        msgs[f"QC keep-list down ({scale})"] = big["QC keep-list down"]
+    rows = {name: sizes(m) for name, m in msgs.items()}
+    return {"experiment": experiment, "qc_snps": n_counted, "messages": rows}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--experiments", nargs="+", default=["tiny", "paper"])
@@ -265,12 +280,21 @@ def main() -> None:
         default=300,
         help="samples of the array-scale site (ADNI-1's 900 over 3 sites: 300)",
     )
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/bytes_per_round.json"))
+    parser.add_argument(
+        "--qc-only",
+        action="store_true",
+        help="only the census and QC messages (a cohort without prepared sites will do); "
+        "default --out benchmarks/results/bytes_per_round_qc.json",
+    )
+    parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     # The IDs a ServerApp/ClientApp process gets from its runtime; they only fill metadata.
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, SERVER_NODE, 1
     cohort = args.cohort.resolve()
-    results = [measure(e, cohort, args.qc_snps, args.qc_samples) for e in args.experiments]
+    name = "bytes_per_round_qc.json" if args.qc_only else "bytes_per_round.json"
+    args.out = args.out or Path("benchmarks/results") / name
+    run = measure_qc if args.qc_only else measure
+    results = [run(e, cohort, args.qc_snps, args.qc_samples) for e in args.experiments]
     names = list(results[0]["messages"])
     head = " | ".join(f"{r['experiment']} wire MB | {r['experiment']} proto MB" for r in results)
     print("MB = 10^6 bytes, per site; rounds are per round, the rest once per run")
@@ -282,12 +306,17 @@ def main() -> None:
             for r in results
         )
         print(f"| {name} | {cells} |")
-    print()
-    print("| per site per round (wire MB) | " + " | ".join(r["experiment"] for r in results) + " |")
-    print("|---|" + "---|" * len(results))
-    for key in results[0]["per_round_wire"]:
-        cells = " | ".join(f"{r['per_round_wire'][key] / MB:.3f}" for r in results)
-        print(f"| {key} | {cells} |")
+    if not args.qc_only:
+        print()
+        print(
+            "| per site per round (wire MB) | "
+            + " | ".join(r["experiment"] for r in results)
+            + " |"
+        )
+        print("|---|" + "---|" * len(results))
+        for key in results[0]["per_round_wire"]:
+            cells = " | ".join(f"{r['per_round_wire'][key] / MB:.3f}" for r in results)
+            print(f"| {key} | {cells} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     result = {
         "unit": "bytes per site; MB in the table = 10^6 bytes",
