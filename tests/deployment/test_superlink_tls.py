@@ -284,14 +284,24 @@ def _fab_size(app: Path) -> int:
     return _fab(app)[0]
 
 
-def _census(d: Deployment, name: str) -> dict:
+def _census(d: Deployment, name: str, submit: bool = False) -> dict:
+    """A census run, with ``flwr run --stream`` or (``submit``) ``deploy.py coordinator
+    submit``, which returns at once."""
     run_dir = d.root / name
     overrides = f"data.root={d.cohort} run_dir={run_dir} federation.min_sites={len(SITES)}"
-    proc = d.flwr("run", str(d.app), "g2i", "--stream",
-                  "--run-config", f"experiment='tiny' overrides='{overrides}'")  # fmt: skip
-    # `flwr run` exits 0 even when the run failed: check what the run left behind.
+    run_config = f"experiment='tiny' overrides='{overrides}'"
     report = run_dir / "census.json"
-    assert proc.returncode == 0 and report.exists(), (proc.stdout + proc.stderr)[-4000:]
+    if submit:
+        out = d.coordinator("submit", "--app", str(d.app), "--", "--run-config", run_config)
+        assert "Successfully started run" in out and "flwr log" in out, out
+        deadline = time.monotonic() + 300
+        while not report.exists() and time.monotonic() < deadline:
+            time.sleep(2)
+        assert report.exists(), out
+    else:
+        proc = d.flwr("run", str(d.app), "g2i", "--stream", "--run-config", run_config)
+        # `flwr run` exits 0 even when the run failed: check what the run left behind.
+        assert proc.returncode == 0 and report.exists(), (proc.stdout + proc.stderr)[-4000:]
     return json.loads(report.read_text())
 
 
@@ -299,7 +309,7 @@ def test_census_runs_reach_both_sites_and_the_bundle_does_not_grow(d: Deployment
     _wait_online(d)
     sizes = [_fab_size(d.app)]
     for k in range(CENSUS_RUNS):
-        report = _census(d, f"census-{k}")
+        report = _census(d, f"census-{k}", submit=k == 0)
         assert report["failed"] == {}
         assert sorted(report["sites"]) == list(SITES)
         assert all(s["n-subjects"] == SUBJECTS_PER_SITE for s in report["sites"].values())
