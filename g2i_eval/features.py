@@ -4,12 +4,16 @@ Two kinds, chosen by ``evaluation.feature_extractor``:
 
 ``inception``
     Inception-v3 (:mod:`g2i_eval.inception`) with weights read from a torchvision-layout
-    state-dict file (``evaluation.inception_weights``; nothing is downloaded). Slices are
-    resized to 299 x 299 (bilinear), the channel is repeated to RGB and intensities are
-    scaled to [-1, 1]: that is what ImageNet normalisation followed by torchvision's
-    ``transform_input`` amounts to, and the input these weights were trained on. 2048-d
-    pooled features. Natural-image features: comparable with published FIDs in kind, but
-    blind to much of what matters in an MRI slice.
+    state-dict file (``evaluation.inception_weights``; nothing is downloaded). The file's
+    ``fc`` head says which network it belongs to, and that network is built: the FID
+    weights (1008 classes) run in the FID network's pooling, exactly as pytorch-fid runs
+    them, torchvision's ImageNet weights (1000 classes) in torchvision's; a file without
+    either head is refused. The extractor's ``name`` says which (``inception-v3-fid:`` or
+    ``inception-v3-torchvision:``). Slices are resized to 299 x 299 (bilinear, as
+    pytorch-fid does), the channel is repeated to RGB and intensities are scaled to
+    [-1, 1], the input both weights were trained on. 2048-d pooled features.
+    Natural-image features: with the FID weights, comparable with published FIDs in kind,
+    but blind to much of what matters in an MRI slice.
 
 ``in_domain``
     :class:`InDomainExtractor`, a small CNN trained by :func:`train_in_domain_extractor` on the
@@ -52,7 +56,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from conf.schema import EvaluationConfig
-from g2i_eval.inception import InceptionV3, split_head_keys
+from g2i_eval.inception import InceptionV3, pooling_of, split_head_keys
 from g2i_models.device import get_device
 from preprocessing.errors import G2IError
 from preprocessing.versions import package_versions
@@ -61,7 +65,8 @@ IN_DOMAIN_TYPE = "g2i-in-domain-feature-extractor"
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 INCEPTION_FIX = (
-    "set evaluation.inception_weights to a torchvision-layout Inception-v3 state dict, "
+    "set evaluation.inception_weights to a torchvision-layout Inception-v3 state dict with "
+    "its fc head (the FID weights pt_inception-2015-12-05 or torchvision's ImageNet weights), "
     "or use evaluation.feature_extractor=in_domain"
 )
 
@@ -122,16 +127,26 @@ def _brief(keys: list[str], limit: int = 5) -> str:
 class InceptionExtractor(FeatureExtractor):
     """Inception-v3 pooled features (2048-d) from a torchvision-layout weights file.
 
+    The network (FID or torchvision pooling) is the one the file's ``fc`` head belongs to.
     Frozen and always in eval mode (batch norm uses the stored statistics).
     """
 
     def __init__(self, weights: str | Path) -> None:
         super().__init__()
         path = Path(weights)
-        self.name = f"inception-v3:{path.name}"
+        state = _read_state_dict(path)
+        pooling = pooling_of(state)
+        if pooling is None:
+            head = state.get("fc.weight")
+            found = "no fc.weight" if head is None else f"fc.weight of {head.shape[0]} classes"
+            raise FeatureExtractorError(
+                f"Inception weights {path} have {found}, so which network they belong to "
+                f"(FID: 1008 classes, torchvision: 1000) is unknown; {INCEPTION_FIX}"
+            )
+        self.name = f"inception-v3-{pooling}:{path.name}"
         self.num_features = InceptionV3.num_features
-        self.net = InceptionV3()
-        trunk, _ = split_head_keys(_read_state_dict(path))
+        self.net = InceptionV3(pooling)
+        trunk, _ = split_head_keys(state)
         expected = self.net.state_dict()
         # Older files lack the BatchNorm step counters; they play no part in eval mode.
         missing = [k for k in expected if k not in trunk and not k.endswith("num_batches_tracked")]

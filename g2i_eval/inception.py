@@ -2,16 +2,30 @@
 network: the convolutional trunk up to the 2048-d global average pool.
 
 Module and parameter names follow the common PyTorch layout (``Conv2d_1a_3x3`` ...
-``Mixed_7c``, each convolution a bias-free ``conv`` plus a ``bn`` with eps 0.001), so a
-torchvision-layout state dict, which is also the layout of the usual FID weights, loads into
-it. The auxiliary classifier (``AuxLogits``) and the final ``fc`` are not built: features do
+``Mixed_7c``, each convolution a bias-free ``conv`` plus a ``bn`` with eps 0.001), shared
+by torchvision's ImageNet weights and by the FID weights (TensorFlow's 2015-12-05 Inception
+as ported by pytorch-fid, a 1008-class head). The two networks differ in their pooling,
+which holds no parameters, so both files load into either; ``pooling`` picks the network:
+
+``"fid"``
+    The FID network, as pytorch-fid builds it: the pool branch of every 35x35 (A), 17x17
+    (C) and first 8x8 (``Mixed_7b``) block averages without the zero padding
+    (``count_include_pad=False``, TensorFlow's rule), and the last block (``Mixed_7c``)
+    takes a 3x3 *max* pool there. Only with this and the FID weights are the features the
+    ones published FIDs are computed on.
+``"torchvision"``
+    torchvision's ``inception_v3``: every pool branch a 3x3 average counting the padding.
+
+The auxiliary classifier (``AuxLogits``) and the final ``fc`` are not built: features do
 not use them, and :func:`split_head_keys` drops them from a state dict before loading.
 
-Input: (B, 3, 299, 299) float32 scaled to [-1, 1] (what these weights were trained on).
+Input: (B, 3, 299, 299) float32 scaled to [-1, 1] (what both weights were trained on).
 Output: (B, 2048) float32.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -19,8 +33,13 @@ from torch import nn
 
 # Keys of the classifier parts that a feature network does not need.
 HEAD_PREFIXES = ("AuxLogits.", "fc.")
+# Rows of the ``fc`` head in each known weights file: TensorFlow's 1001 classes padded to
+# 1008 (the FID weights) and ImageNet's 1000 (torchvision).
+HEAD_CLASSES = {1008: "fid", 1000: "torchvision"}
 
 Size = int | tuple[int, int]
+Pooling = Literal["fid", "torchvision"]
+POOLINGS: tuple[Pooling, ...] = ("fid", "torchvision")
 
 
 class BasicConv2d(nn.Module):
@@ -37,15 +56,24 @@ class BasicConv2d(nn.Module):
         return F.relu(self.bn(self.conv(x)))
 
 
-def _avg_pool(x: torch.Tensor) -> torch.Tensor:
-    return F.avg_pool2d(x, kernel_size=3, stride=1, padding=1)
+def branch_pool(pooling: Pooling, last: bool = False) -> nn.Module:
+    """The 3x3, stride-1 pool in front of a block's ``branch_pool`` convolution.
+
+    ``last``: the network's final block (``Mixed_7c``), the one the FID network max-pools.
+    """
+    if pooling == "torchvision":
+        return nn.AvgPool2d(3, stride=1, padding=1)
+    if last:
+        return nn.MaxPool2d(3, stride=1, padding=1)
+    return nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False)
 
 
 class InceptionA(nn.Module):
     """35x35 block: 1x1, 5x5, double 3x3 and pooled branches; 224 + ``pool_features`` out."""
 
-    def __init__(self, c_in: int, pool_features: int) -> None:
+    def __init__(self, c_in: int, pool_features: int, pool: nn.Module) -> None:
         super().__init__()
+        self.pool = pool
         self.branch1x1 = BasicConv2d(c_in, 64, 1)
         self.branch5x5_1 = BasicConv2d(c_in, 48, 1)
         self.branch5x5_2 = BasicConv2d(48, 64, 5, padding=2)
@@ -57,7 +85,7 @@ class InceptionA(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b5 = self.branch5x5_2(self.branch5x5_1(x))
         b3 = self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x)))
-        return torch.cat([self.branch1x1(x), b5, b3, self.branch_pool(_avg_pool(x))], 1)
+        return torch.cat([self.branch1x1(x), b5, b3, self.branch_pool(self.pool(x))], 1)
 
 
 class InceptionB(nn.Module):
@@ -78,8 +106,9 @@ class InceptionB(nn.Module):
 class InceptionC(nn.Module):
     """17x17 block with factorised 7x7 convolutions (1x7 then 7x1); 768 out."""
 
-    def __init__(self, c_in: int, channels_7x7: int) -> None:
+    def __init__(self, c_in: int, channels_7x7: int, pool: nn.Module) -> None:
         super().__init__()
+        self.pool = pool
         c7 = channels_7x7
         self.branch1x1 = BasicConv2d(c_in, 192, 1)
         self.branch7x7_1 = BasicConv2d(c_in, c7, 1)
@@ -97,7 +126,7 @@ class InceptionC(nn.Module):
         bd = x
         for i in range(1, 6):
             bd = getattr(self, f"branch7x7dbl_{i}")(bd)
-        return torch.cat([self.branch1x1(x), b7, bd, self.branch_pool(_avg_pool(x))], 1)
+        return torch.cat([self.branch1x1(x), b7, bd, self.branch_pool(self.pool(x))], 1)
 
 
 class InceptionD(nn.Module):
@@ -123,8 +152,9 @@ class InceptionD(nn.Module):
 class InceptionE(nn.Module):
     """8x8 block with expanded filter banks (parallel 1x3 and 3x1); 2048 out."""
 
-    def __init__(self, c_in: int) -> None:
+    def __init__(self, c_in: int, pool: nn.Module) -> None:
         super().__init__()
+        self.pool = pool
         self.branch1x1 = BasicConv2d(c_in, 320, 1)
         self.branch3x3_1 = BasicConv2d(c_in, 384, 1)
         self.branch3x3_2a = BasicConv2d(384, 384, (1, 3), padding=(0, 1))
@@ -140,32 +170,38 @@ class InceptionE(nn.Module):
         b3 = torch.cat([self.branch3x3_2a(b3), self.branch3x3_2b(b3)], 1)
         bd = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
         bd = torch.cat([self.branch3x3dbl_3a(bd), self.branch3x3dbl_3b(bd)], 1)
-        return torch.cat([self.branch1x1(x), b3, bd, self.branch_pool(_avg_pool(x))], 1)
+        return torch.cat([self.branch1x1(x), b3, bd, self.branch_pool(self.pool(x))], 1)
 
 
 class InceptionV3(nn.Module):
-    """The Inception-v3 trunk: (B, 3, 299, 299) in [-1, 1] -> (B, 2048) pooled features."""
+    """The Inception-v3 trunk: (B, 3, 299, 299) in [-1, 1] -> (B, 2048) pooled features.
+
+    ``pooling``: ``"fid"`` (the FID network) or ``"torchvision"``; see the module docstring.
+    """
 
     num_features = 2048
 
-    def __init__(self) -> None:
+    def __init__(self, pooling: Pooling = "fid") -> None:
         super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        self.pooling = pooling
         self.Conv2d_1a_3x3 = BasicConv2d(3, 32, 3, stride=2)
         self.Conv2d_2a_3x3 = BasicConv2d(32, 32, 3)
         self.Conv2d_2b_3x3 = BasicConv2d(32, 64, 3, padding=1)
         self.Conv2d_3b_1x1 = BasicConv2d(64, 80, 1)
         self.Conv2d_4a_3x3 = BasicConv2d(80, 192, 3)
-        self.Mixed_5b = InceptionA(192, pool_features=32)
-        self.Mixed_5c = InceptionA(256, pool_features=64)
-        self.Mixed_5d = InceptionA(288, pool_features=64)
+        self.Mixed_5b = InceptionA(192, 32, branch_pool(pooling))
+        self.Mixed_5c = InceptionA(256, 64, branch_pool(pooling))
+        self.Mixed_5d = InceptionA(288, 64, branch_pool(pooling))
         self.Mixed_6a = InceptionB(288)
-        self.Mixed_6b = InceptionC(768, channels_7x7=128)
-        self.Mixed_6c = InceptionC(768, channels_7x7=160)
-        self.Mixed_6d = InceptionC(768, channels_7x7=160)
-        self.Mixed_6e = InceptionC(768, channels_7x7=192)
+        self.Mixed_6b = InceptionC(768, 128, branch_pool(pooling))
+        self.Mixed_6c = InceptionC(768, 160, branch_pool(pooling))
+        self.Mixed_6d = InceptionC(768, 160, branch_pool(pooling))
+        self.Mixed_6e = InceptionC(768, 192, branch_pool(pooling))
         self.Mixed_7a = InceptionD(768)
-        self.Mixed_7b = InceptionE(1280)
-        self.Mixed_7c = InceptionE(2048)
+        self.Mixed_7b = InceptionE(1280, branch_pool(pooling))
+        self.Mixed_7c = InceptionE(2048, branch_pool(pooling, last=True))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x)))  # 147x147
@@ -186,3 +222,9 @@ def split_head_keys(
     """``(trunk state, dropped keys)``: the state without ``AuxLogits.*`` and ``fc.*``."""
     trunk = {k: v for k, v in state.items() if not k.startswith(HEAD_PREFIXES)}
     return trunk, sorted(set(state) - set(trunk))
+
+
+def pooling_of(state: dict[str, torch.Tensor]) -> Pooling | None:
+    """The network a weights file was trained in, told by its ``fc`` head; None if unknown."""
+    head = state.get("fc.weight")
+    return None if head is None else HEAD_CLASSES.get(int(head.shape[0]))

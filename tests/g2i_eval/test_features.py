@@ -13,18 +13,21 @@ from g2i_eval.features import (
     extract_features,
     train_in_domain_extractor,
 )
-from g2i_eval.inception import InceptionV3
+from g2i_eval.inception import InceptionV3, split_head_keys
 from g2i_eval.metrics import fid_kid
 from g2i_models.datasets import SyntheticSliceDataset
 
 
+def _with_head(state: dict[str, torch.Tensor], classes: int) -> dict[str, torch.Tensor]:
+    # Heads are present in real files: 1008 classes in the FID weights, 1000 in torchvision's.
+    return {**state, "fc.weight": torch.zeros(classes, 2048), "fc.bias": torch.zeros(classes)}
+
+
 @pytest.fixture(scope="module")
 def inception_file(tmp_path_factory) -> str:
-    """A random-init Inception-v3 saved as a torchvision-layout state dict (with a head)."""
+    """A random-init Inception-v3 saved in the layout of the FID weights (1008-class head)."""
     torch.manual_seed(0)
-    state = InceptionV3().state_dict()
-    state["fc.weight"] = torch.zeros(1000, 2048)  # heads are present in real files
-    state["fc.bias"] = torch.zeros(1000)
+    state = _with_head(InceptionV3().state_dict(), 1008)
     path = tmp_path_factory.mktemp("inception") / "inception_v3.pth"
     torch.save(state, path)
     return str(path)
@@ -32,7 +35,8 @@ def inception_file(tmp_path_factory) -> str:
 
 def test_inception_extractor_gives_2048_features(inception_file) -> None:
     extractor = InceptionExtractor(inception_file)
-    assert extractor.name == "inception-v3:inception_v3.pth"
+    assert extractor.name == "inception-v3-fid:inception_v3.pth"
+    assert extractor.net.pooling == "fid"
     x = torch.rand(2, 1, 64, 64)
     f = extract_features(extractor, x)
     assert f.shape == (2, 2048) and f.dtype == torch.float32
@@ -48,6 +52,35 @@ def test_inception_file_without_batch_counters_loads(tmp_path, inception_file) -
     reference = InceptionExtractor(inception_file)
     x = torch.rand(1, 1, 32, 32)
     assert torch.equal(InceptionExtractor(tmp_path / "old_style.pth")(x), reference(x))
+
+
+def test_head_picks_the_network(tmp_path, inception_file) -> None:
+    """The same trunk with torchvision's 1000-class head runs in torchvision's pooling."""
+    state = torch.load(inception_file, weights_only=True)
+    torch.save(_with_head(state, 1000), tmp_path / "imagenet.pth")
+    tv = InceptionExtractor(tmp_path / "imagenet.pth")
+    fid = InceptionExtractor(inception_file)
+    assert tv.name == "inception-v3-torchvision:imagenet.pth" and tv.net.pooling == "torchvision"
+    x = torch.rand(1, 1, 32, 32)
+    assert not torch.allclose(tv(x), fid(x))
+
+
+@pytest.mark.parametrize("classes", [None, 10])
+def test_file_of_unknown_network_is_refused(tmp_path, inception_file, classes) -> None:
+    state = torch.load(inception_file, weights_only=True)
+    state = _with_head(state, classes) if classes else split_head_keys(state)[0]
+    torch.save(state, tmp_path / "headless.pth")
+    with pytest.raises(FeatureExtractorError, match="headless.pth.*1008") as err:
+        InceptionExtractor(tmp_path / "headless.pth")
+    assert "evaluation.inception_weights" in str(err.value)
+
+
+def test_wrong_shape_is_refused(tmp_path, inception_file) -> None:
+    state = torch.load(inception_file, weights_only=True)
+    state["Mixed_7c.branch_pool.conv.weight"] = torch.zeros(192, 1280, 1, 1)
+    torch.save(state, tmp_path / "reshaped.pth")
+    with pytest.raises(FeatureExtractorError, match="wrong shapes 1: Mixed_7c.branch_pool"):
+        InceptionExtractor(tmp_path / "reshaped.pth")
 
 
 def test_missing_inception_file_names_path(tmp_path) -> None:
