@@ -16,6 +16,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from conf import load_config, to_object
 from server.server_app import broadcast, wait_for_nodes
+from server.strategy import site_name, site_names
 
 app = ServerApp()
 
@@ -34,7 +35,7 @@ def main(grid: Grid, context: Context) -> None:
             str(content["site"]["name"]): {k: int(v) for k, v in content["census"].items()}
             for content in replies.values()
         },
-        "failed": {str(node): reason for node, reason in failed.items()},
+        "failed": {site_name(site_names(grid), n): reason for n, reason in failed.items()},
     }
     out = Path(cfg.run_dir)
     out.mkdir(parents=True, exist_ok=True)
