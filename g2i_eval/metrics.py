@@ -1,5 +1,5 @@
-"""Image-quality metrics of generated slices: PSNR / SSIM / MS-SSIM (torchmetrics functional),
-FID / KID (torchmetrics classes) and the Frechet distance from feature moments.
+"""Image-quality metrics of generated slices: PSNR / SSIM / MS-SSIM (torchmetrics functional)
+and FID / KID (torchmetrics classes).
 
 Images are (N, 1, H, W) float32 in [0, 1]; labels (N,) int64 (CN 0, MCI 1, AD 2). PSNR uses
 data_range 1 and is averaged over per-image values (identical images give inf). SSIM uses
@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy import linalg
 from torch import nn
 from torchmetrics.functional.image import (
     multiscale_structural_similarity_index_measure,
@@ -89,11 +88,6 @@ def _mean(values: dict[str, torch.Tensor], prefix: str = "") -> dict[str, float]
     return {prefix + k: float(v.double().mean()) for k, v in values.items()}
 
 
-def paired_metrics(x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-    """Mean PSNR (dB, data_range 1), SSIM and MS-SSIM over aligned pairs (N, 1, H, W)."""
-    return _mean(_per_pair(x, y))
-
-
 def diversity(images: torch.Tensor, n_pairs: int, seed: int) -> dict[str, float]:
     """Between-sample SSIM, MS-SSIM and PSNR over random pairs of distinct images.
 
@@ -153,32 +147,6 @@ def against_real(
         **_mean(_per_pair(gen, real[best_idx]), prefix="best_match_"),
         "n_compared": float(len(kept)),
     }
-
-
-def feature_moments(features: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
-    """(N, F) features -> mean (F,), unbiased covariance (F, F), both float64, and N."""
-    f = np.asarray(features, dtype=np.float64)
-    if f.ndim != 2 or len(f) < 2:
-        raise ValueError(f"feature_moments needs (N >= 2, F) features, got shape {f.shape}")
-    return f.mean(axis=0), np.cov(f, rowvar=False, ddof=1).reshape(f.shape[1], f.shape[1]), len(f)
-
-
-def fid_from_moments(
-    mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray
-) -> float:
-    """Frechet distance ||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)) of two Gaussians.
-
-    Tr((S1 S2)^(1/2)) is computed as the sum of square roots of the eigenvalues of the
-    symmetric S1^(1/2) S2 S1^(1/2) (same spectrum, stable for singular covariances). Lets a
-    site share only (mean, covariance, n) of its real features.
-    """
-    mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
-    s1, s2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
-    w, v = linalg.eigh(s1)
-    root1 = (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
-    inner = linalg.eigvalsh(root1 @ s2 @ root1)
-    tr_covmean = np.sqrt(np.clip(inner, 0.0, None)).sum()
-    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2.0 * tr_covmean)
 
 
 class _Precomputed(nn.Module):
