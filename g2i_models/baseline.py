@@ -24,6 +24,7 @@ from g2i_models.autoencoder import (
 from g2i_models.device import get_device, seed_everything
 from g2i_models.diffusion import build_noise_scheduler
 from g2i_models.local_training import derive_seed, e4_columns_of, make_loader, train_local
+from g2i_models.panel import dataset_panel
 from g2i_models.pipeline import G2IPipeline, generate
 from g2i_models.plots import CLASS_NAMES, save_loss_curves, save_sample_grid
 from g2i_models.privacy import PrivacyLedger, planned_steps
@@ -181,6 +182,7 @@ def train_centralized(
         sample_steps=model_cfg.sample_steps,
         guidance_scale=model_cfg.guidance_scale,
         allele_freqs=allele_frequencies(train_set),
+        panel=dataset_panel(train_set),
     )
     pipeline.save_pretrained(out / "model")
     genotypes, labels = conditions_per_class(

@@ -20,6 +20,7 @@ from conf.loader import load_config, to_object
 from g2i_models.baseline import train_centralized
 from g2i_models.datasets import DataSourceError, load_datasets
 from g2i_models.device import get_device
+from g2i_models.panel import Panel, header_problem
 from g2i_models.pipeline import G2IPipeline, generate
 from g2i_models.plots import CLASS_NAMES, save_sample_grid
 from preprocessing.errors import ModelInputError
@@ -70,7 +71,8 @@ def _parse_generate(argv: Sequence[str] | None) -> argparse.Namespace:
         "--genotypes",
         type=Path,
         default=None,
-        help="CSV, one subject per row of 0/1/2/3 values (default: drawn from the allele "
+        help="CSV, one subject per row of 0/1/2/3 values, optionally under a header of SNP "
+        "names, checked against the model's panel (default: drawn from the allele "
         "frequencies stored with the model); rows are cycled",
     )
     parser.add_argument("--sampler", choices=["ddpm", "ddim", "dpm++"], default=None)
@@ -102,15 +104,16 @@ def load_model_dir(model_dir: Path) -> G2IPipeline:
         diffusers_logging.enable_progress_bar()
 
 
-def read_genotype_rows(path: Path, n_snps: int | None) -> torch.Tensor:
+def read_genotype_rows(path: Path, n_snps: int | None, panel: Panel | None = None) -> torch.Tensor:
     """(n, n_snps) int64 genotypes from a CSV of 0/1/2/3 values, one subject per row.
 
-    A first line that is not all numbers is a header (SNP names) and skipped. UTF-8 with or
-    without BOM, or latin-1.
+    A first line that is not all numbers is a header of SNP names (``SNP`` or PLINK's
+    ``SNP_ALLELE``); with the model's ``panel`` it must name the panel's SNPs in its order
+    (and alleles, where given). UTF-8 with or without BOM, or latin-1.
 
     Raises:
-        ModelInputError: a missing or empty file, a header without rows, a value outside
-            0/1/2/3, a row of the wrong length; each naming the line.
+        ModelInputError: a missing or empty file, a header without rows or not fitting the
+            panel, a value outside 0/1/2/3, a row of the wrong length; each naming the line.
     """
     if not path.is_file():
         raise ModelInputError("genotype CSV not found", path)
@@ -122,6 +125,9 @@ def read_genotype_rows(path: Path, n_snps: int | None) -> torch.Tensor:
         )
     first = [v.strip() for v in lines[0][1].split(",")]
     if not all(v.lstrip("-").isdigit() for v in first):
+        problem = None if panel is None else header_problem(panel, first)
+        if problem is not None:
+            raise ModelInputError(problem, path, lines[0][0])
         lines = lines[1:]  # a header of SNP names
         if not lines:
             raise ModelInputError(
@@ -178,7 +184,8 @@ def _generate(args: argparse.Namespace) -> int:
             raise ModelInputError(
                 "this model is label-only (no SNP encoder); drop --genotypes", args.model_dir
             )
-        rows = read_genotype_rows(args.genotypes, int(pipe.snp_encoder.config.n_snps))
+        n_snps = int(pipe.snp_encoder.config.n_snps)
+        rows = read_genotype_rows(args.genotypes, n_snps, pipe.config.get("panel"))
         genotypes = rows[torch.arange(len(labels)) % len(rows)]
     elif pipe.snp_encoder is not None:
         genotypes = pipe.sample_genotypes(len(labels), generator)

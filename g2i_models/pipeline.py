@@ -2,7 +2,8 @@
 
 The folder holds ``vae/`` (with the latent scale factor in its ``config.json``), ``unet/``,
 ``snp_encoder/`` (absent for the label-only variant), ``scheduler/`` and ``model_index.json``
-with the variant, the label mode, the default sampler settings and the library versions, so
+with the variant, the label mode, the default sampler settings, the SNP panel (names in
+column order and counted alleles, :mod:`g2i_models.panel`) and the library versions, so
 ``G2IPipeline.from_pretrained(path)`` rebuilds it without the training code.
 """
 
@@ -18,6 +19,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from g2i_models.autoencoder import decode_latents
 from g2i_models.diffusion import sample_latents, sampling_scheduler
+from g2i_models.panel import Panel, check_panel
 from g2i_models.snp_encoder import SNPEncoder
 from g2i_models.unet import ConditionalDenoiser
 
@@ -59,8 +61,11 @@ class G2IPipeline(DiffusionPipeline):
         allele_freqs: list[float] | None = None,
         versions: dict[str, str] | None = None,
         genotype_pool: str = "tokens",
+        panel: Panel | None = None,
     ) -> None:
         super().__init__()
+        if panel is not None:
+            check_panel(panel, None if snp_encoder is None else int(snp_encoder.config.n_snps))
         self.register_modules(vae=vae, unet=unet, scheduler=scheduler, snp_encoder=snp_encoder)
         self.register_to_config(
             variant=variant,
@@ -72,6 +77,7 @@ class G2IPipeline(DiffusionPipeline):
             allele_freqs=allele_freqs,
             versions=versions or library_versions(),
             genotype_pool=genotype_pool,
+            panel=panel,
         )
         # Validates the variant against the components (an SNP encoder when genotypes are used).
         self.denoiser = ConditionalDenoiser(
@@ -86,8 +92,8 @@ class G2IPipeline(DiffusionPipeline):
         scheduler: SchedulerMixin,
         **config: Any,
     ) -> G2IPipeline:
-        """Assemble a pipeline from a trained autoencoder and denoiser (sampler defaults in
-        ``config``: sampler, sample_steps, guidance_scale)."""
+        """Assemble a pipeline from a trained autoencoder and denoiser (in ``config``: the
+        sampler defaults sampler, sample_steps, guidance_scale; allele_freqs; panel)."""
         return cls(
             vae=vae,
             unet=denoiser.unet,
