@@ -10,6 +10,8 @@ from typing import Any
 
 from flwr.app import Context, Message
 
+from client.policy import is_simulation
+
 
 def describe_reply(msg: Message) -> dict[str, Any]:
     """JSON-able description of a reply's content (no array values)."""
@@ -34,10 +36,14 @@ def describe_reply(msg: Message) -> dict[str, Any]:
 
 
 def audit_mod(msg: Message, ctxt: Context, call_next) -> Message:  # noqa: ANN001
-    """With run config ``audit-dir`` (or node config ``audit-path``) set, append every reply's
-    description to ``<dir>/<node>.jsonl``."""
+    """With node config ``audit-path`` (in simulation run config ``audit-dir``) set, append
+    every reply's description to ``<dir>/<node>.jsonl``."""
     reply = call_next(msg, ctxt)
-    folder = str(ctxt.node_config.get("audit-path", "") or ctxt.run_config.get("audit-dir", ""))
+    # Where a deployed site writes is its own choice: the run config's audit-dir counts only
+    # in simulation, whose operator is every site.
+    folder = str(ctxt.node_config.get("audit-path", ""))
+    if not folder and is_simulation(dict(ctxt.node_config)):
+        folder = str(ctxt.run_config.get("audit-dir", ""))
     if folder:
         Path(folder).mkdir(parents=True, exist_ok=True)
         node = ctxt.node_config.get("partition-id", ctxt.node_id)

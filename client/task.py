@@ -28,8 +28,10 @@ from conf.schema import (
     QCConfig,
     TrainConfig,
 )
+from contract.messages import QCDecision, SyntheticSet
+from contract.wire import Metric, flatten_metrics, load_wire, to_wire
 from g2i_eval.classifier import downstream_comparison
-from g2i_eval.memorisation import autoencoder_features, memorisation_audit
+from g2i_eval.memorisation import aggregate_audit, autoencoder_features, memorisation_audit
 from g2i_models.autoencoder import (
     build_autoencoder,
     latent_moments,
@@ -40,11 +42,11 @@ from g2i_models.baseline import e4_columns_of
 from g2i_models.device import get_device
 from g2i_models.diffusion import build_noise_scheduler
 from g2i_models.local_training import derive_seed, make_loader, train_local
-from g2i_models.privacy import PrivacyLedger, strip_private_prefix
+from g2i_models.privacy import PrivacyLedger
 from g2i_models.train import condition_use, evaluate_autoencoder, evaluate_ldm
 from g2i_models.unet import build_denoiser
 from preprocessing.dataset import LABELS, MISSING_CODE, load_site_dataset, prepare_site
-from preprocessing.federated_qc import FederatedQCResult, site_counts
+from preprocessing.federated_qc import FederatedQCResult, SiteCounts, released_site_counts
 from preprocessing.site import site_genotype_panel
 
 
@@ -54,70 +56,69 @@ class Site:
 
     data_dir: Path  # what the hospital holds (read only)
     work_dir: Path  # prepared dataset, QC'd genotypes
-    run_dir: Path  # per-run state: privacy ledger, frozen autoencoder
+    run_dir: Path  # per-run state: frozen autoencoder, optimiser state, synthetic set
+    ledger_path: Path | None = None  # the privacy ledger; None = one per run (simulation)
 
     @property
     def prepared(self) -> Path:
         return self.work_dir / "prepared"
 
+    @property
+    def ledger(self) -> Path:
+        return self.ledger_path or self.run_dir / "privacy_ledger.json"
 
-def resolve_site(data_dir: Path, work_root: str, run_key: str) -> Site:
-    """``work_root`` empty: ``<data_dir>/../prepared/<site>``; else ``<work_root>/<site>``."""
+
+def resolve_site(
+    data_dir: Path, work_root: str, run_key: str, lifetime_ledger: bool = False
+) -> Site:
+    """``work_root`` empty: ``<data_dir>/../prepared/<site>``; else ``<work_root>/<site>``.
+
+    ``lifetime_ledger``: one privacy ledger for the site's whole life (deployment), in its
+    work folder, whatever run the server names; otherwise one per run (a simulated site
+    lives for one run).
+    """
     base = (
         Path(work_root) / data_dir.name
         if work_root
         else data_dir.parent / "prepared" / data_dir.name
     )
     run = hashlib.sha256(run_key.encode()).hexdigest()[:12]
-    return Site(data_dir, base, base / "runs" / run)
+    ledger = base / "privacy" / "ledger.json" if lifetime_ledger else None
+    return Site(data_dir, base, base / "runs" / run, ledger)
 
 
 # ---- phase 0: federated QC, then the local dataset -------------------------------------
 
 
-def qc_counts(site: Site, qc: QCConfig) -> dict[str, np.ndarray]:
-    """Per-SNP genotype counts after local --mind (``SiteCounts``, aggregate only)."""
-    return site_counts(site.data_dir / "genotypes", qc).to_arrays()
+def qc_counts(site: Site, qc: QCConfig, min_cell: int = 1) -> tuple[SiteCounts, list[str]]:
+    """Per-SNP genotype counts after the site's --mind (aggregate only), with no count
+    behind fewer than ``min_cell`` subjects; and the notes naming what was suppressed."""
+    return released_site_counts(site.data_dir / "genotypes", qc, min_cell)
 
 
-def decision_to_arrays(d: FederatedQCResult) -> dict[str, np.ndarray]:
-    meta = [int(d.hwe_controls_only), d.n_samples, d.n_removed_mind]
-    return {
-        "status": d.status.astype(np.int8),
-        "a2_freq": d.a2_freq.astype(np.float64),
-        "reverse": d.reverse.astype(np.int8),
-        "meta": np.asarray(meta, dtype=np.int64),
-    }
-
-
-def decision_from_arrays(a: Mapping[str, np.ndarray]) -> FederatedQCResult:
-    ctrl, n, removed = (int(v) for v in a["meta"])
-    return FederatedQCResult(
-        status=np.asarray(a["status"]).astype(np.int8),
-        a2_freq=np.asarray(a["a2_freq"], dtype=np.float64),
-        reverse=np.asarray(a["reverse"]).astype(bool),
-        hwe_controls_only=bool(ctrl),
-        n_samples=n,
-        n_removed_mind=removed,
-    )
+def suppress_counts(counts: Mapping[str, int], min_cell: int) -> tuple[dict[str, int], list[str]]:
+    """Counts of subjects with every value in (0, min_cell) sent as 0, and their names."""
+    small = sorted(k for k, v in counts.items() if 0 < int(v) < min_cell)
+    return {k: 0 if k in small else int(v) for k, v in counts.items()}, small
 
 
 def prepare(
-    site: Site, data: DataConfig, decision: FederatedQCResult | None, seed: int
-) -> tuple[dict[str, int], list[str], np.ndarray]:
+    site: Site,
+    data: DataConfig,
+    decision: FederatedQCResult | None,
+    seed: int,
+    min_cell: int = 1,
+) -> tuple[dict[str, int], list[str], np.ndarray, list[str]]:
     """Apply the keep-list, build the panel and the slice cache.
 
     Returns:
-        counts (subjects per split, exclusions), SNP names, and the per-diagnosis genotype
-        counts of the training split: (3, n_snps, 4) int64 over codes 0/1/2/missing.
+        counts (subjects per split, exclusions), SNP names, the per-diagnosis genotype
+        counts of the training split: (3, n_snps, 4) int64 over codes 0/1/2/missing, zero
+        for a diagnosis with fewer than ``min_cell`` training subjects, and the names of
+        what was suppressed.
     """
     source = partial(site_genotype_panel, work_dir=site.work_dir, qc=data.qc, decision=decision)
-    key = ""
-    if decision is not None:
-        h = hashlib.sha256()
-        for a in decision_to_arrays(decision).values():
-            h.update(np.ascontiguousarray(a).tobytes())
-        key = h.hexdigest()
+    key = QCDecision(decision).digest() if decision is not None else ""
     manifest = prepare_site(
         site.data_dir, site.prepared, data, source, seed=seed, progress=False, inputs_key=key
     )
@@ -126,12 +127,20 @@ def prepare(
     per_dx = np.zeros((len(LABELS), geno.shape[1], 4), dtype=np.int64)
     for s in ds.subjects:
         per_dx[s["label"], np.arange(geno.shape[1]), geno[s["row"]]] += 1
+    group_sizes = np.bincount([s["label"] for s in ds.subjects], minlength=len(LABELS))
+    suppressed = []
+    for k, n in enumerate(group_sizes):
+        if 0 < n < min_cell:
+            per_dx[k] = 0
+            suppressed.append(f"per-dx {LABELS[k]}: {n} < {min_cell} subjects, suppressed")
     counts = {
         f"n-{split}": sum(s["split"] == split for s in manifest["subjects"])
         for split in ("train", "val", "test")
     }
     counts["n-excluded"] = len(manifest["exclusions"])
-    return counts, list(manifest["snp_names"]), per_dx
+    counts, small = suppress_counts(counts, min_cell)
+    suppressed += [f"{k}: fewer than {min_cell}, sent as 0" for k in small]
+    return counts, list(manifest["snp_names"]), per_dx, suppressed
 
 
 class PanelView(Dataset):
@@ -161,22 +170,6 @@ def site_dataset(site: Site, split: str, panel: list[str]) -> Dataset:
     return PanelView(ds, ds.snp_names, panel)
 
 
-# ---- models on the wire -----------------------------------------------------------------
-
-
-def to_wire(state: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
-    """float32 numpy arrays (the wire cannot carry bfloat16)."""
-    return {
-        k: v.detach().cpu().float().numpy() for k, v in strip_private_prefix(dict(state)).items()
-    }
-
-
-def load_wire(model: torch.nn.Module, arrays: Mapping[str, np.ndarray]) -> None:
-    model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in arrays.items()})
-
-
-def all_finite(arrays: Mapping[str, np.ndarray]) -> bool:
-    return all(np.isfinite(np.asarray(a)).all() for a in arrays.values())
 
 
 # ---- phases 1 and 2: local training -----------------------------------------------------
@@ -214,7 +207,7 @@ def _local_train(
     """One round of the shared training core at this site: optimiser state kept on the
     site's disk between rounds, the privacy ledger loaded and saved around the run."""
     dp = privacy.mode == "dp_sgd"
-    ledger_path = site.run_dir / "privacy_ledger.json"
+    ledger_path = site.ledger
     ledger = PrivacyLedger.load(ledger_path) if dp else None
     result = train_local(
         phase,
@@ -306,7 +299,7 @@ def train_ldm_round(
     privacy: PrivacyConfig,
 ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     ae = frozen_autoencoder(site, data, model_cfg, scale)
-    denoiser = build_denoiser(model_cfg, len(spec.panel), latent_size(ae))
+    denoiser = build_denoiser(model_cfg, len(spec.panel), latent_size(ae), spec.panel)
     load_wire(denoiser, arrays)
     return _local_train(
         site,
@@ -346,7 +339,7 @@ def evaluate_round(
         m = evaluate_autoencoder(ae, loader, device)
     else:
         ae = frozen_autoencoder(site, data, model_cfg, scale)
-        denoiser = build_denoiser(model_cfg, len(spec.panel), latent_size(ae))
+        denoiser = build_denoiser(model_cfg, len(spec.panel), latent_size(ae), spec.panel)
         load_wire(denoiser, arrays)
         scheduler = build_noise_scheduler(model_cfg)
         # Seeded by the run only: comparable across rounds and sites.
@@ -355,15 +348,25 @@ def evaluate_round(
     return {k: float(v) for k, v in m.items()}
 
 
-def store_synthetic(
-    site: Site, images: np.ndarray, labels: np.ndarray, genotypes: np.ndarray, panel: list[str]
-) -> Path:
-    """Keep the shared synthetic set at the site for augmentation."""
+class SyntheticSetMismatch(RuntimeError):
+    """The audit request names a synthetic set other than the one the site received."""
+
+
+def store_synthetic(site: Site, synthetic: SyntheticSet) -> str:
+    """Keep the shared synthetic set at the site for augmentation and the audit; returns
+    the digest recorded on receipt (the audit runs only on the set with this digest)."""
     out = site.run_dir / "synthetic"
     out.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(out / "synthetic.npz", images=images, labels=labels, genotypes=genotypes)
-    (out / "panel.json").write_text(json.dumps(panel))
-    return out / "synthetic.npz"
+    np.savez_compressed(out / "synthetic.npz", **synthetic.arrays())
+    (out / "panel.json").write_text(json.dumps(synthetic.panel))
+    digest = synthetic.digest()
+    (out / "receipt.json").write_text(json.dumps({"digest": digest}) + "\n")
+    return digest
+
+
+def received_digest(site: Site) -> str:
+    path = site.run_dir / "synthetic" / "receipt.json"
+    return str(json.loads(path.read_text())["digest"]) if path.exists() else ""
 
 
 def load_synthetic(site: Site) -> tuple[torch.Tensor, torch.Tensor]:
@@ -389,112 +392,60 @@ def split_images(site: Site, split: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 # ---- after generation: downstream classifier and memorisation audit --------------------
 
-Metric = int | float | list[int] | list[float]
-
-# The evaluation settings the server sends: EvaluationConfig field -> wire key.
-_EVALUATION_KEYS = {
-    "classifier_per_class": "classifier-per-class",
-    "classifier_epochs": "classifier-epochs",
-    "classifier_patience": "classifier-patience",
-    "classifier_val_fraction": "classifier-val-fraction",
-    "classifier_batch_size": "classifier-batch-size",
-    "classifier_lr": "classifier-lr",
-    "classifier_seeds": "classifier-seeds",
-    "audit_quantile": "audit-quantile",
-}
-
-
-def evaluation_to_config(cfg: EvaluationConfig) -> dict[str, Any]:
-    """The settings a site needs for ``evaluate_synthetic``, as plain ConfigRecord values."""
-    out = {wire: getattr(cfg, name) for name, wire in _EVALUATION_KEYS.items()}
-    out["classifier-seeds"] = [int(s) for s in cfg.classifier_seeds]
-    return out
-
-
-def evaluation_from_config(config: Mapping[str, Any]) -> EvaluationConfig:
-    """Inverse of ``evaluation_to_config`` (missing keys keep the defaults)."""
+def evaluation_from_settings(settings: Mapping[str, Any]) -> EvaluationConfig:
+    """The classifier settings the server sent (``EvaluateSyntheticRequest.settings``) over
+    the defaults."""
     base = EvaluationConfig()
-    values = {
-        name: type(getattr(base, name))(config[wire])
-        for name, wire in _EVALUATION_KEYS.items()
-        if wire in config
-    }
+    values = {k: type(getattr(base, k))(v) for k, v in settings.items()}
     if "classifier_seeds" in values:
         values["classifier_seeds"] = [int(s) for s in values["classifier_seeds"]]
     return replace(base, **values)
 
 
 def evaluate_synthetic(
-    site: Site, evaluation: EvaluationConfig, data: DataConfig, model_cfg: ModelConfig, device: str
+    site: Site,
+    evaluation: EvaluationConfig,
+    data: DataConfig,
+    model_cfg: ModelConfig,
+    device: str,
+    digest: str,
+    audit: bool = True,
 ) -> dict[str, dict[str, Metric]]:
     """Downstream classifier (train split, scored on the test split) with and without the
     shared synthetic set, and the memorisation audit of that set against the training images
     (test images as the baseline; features: the global autoencoder's encoder means).
 
-    Returns two flat metric dicts, ``downstream`` and ``memorisation`` (see
-    ``flatten_metrics``): summary statistics and synthetic-set indices only.
+    Runs only on the set the site received, named by the digest it recorded on receipt
+    (``digest``); raises ``SyntheticSetMismatch`` otherwise.
+
+    Returns two flat metric dicts, ``downstream`` and ``memorisation`` (empty when ``audit``
+    is off): aggregates only (``aggregate_audit``), no per-image distance or index. The
+    flagged images stay in ``<run>/synthetic/audit.json`` at the site.
     """
+    stored = received_digest(site)
+    if not stored or digest != stored:
+        raise SyntheticSetMismatch(
+            "evaluate_synthetic names a synthetic set this site did not receive in this run; "
+            "the site audits only the set the federation shared with it"
+        )
     synth_x, synth_y = load_synthetic(site)
     train_x, train_y = split_images(site, "train")
     test_x, test_y = split_images(site, "test")
     downstream = downstream_comparison(
         train_x, train_y, test_x, test_y, synth_x, synth_y, evaluation, device
     )
+    if not audit:
+        return {"downstream": flatten_metrics(downstream), "memorisation": {}}
     ae = frozen_autoencoder(site, data, model_cfg, 1.0)  # the scale does not touch the encoder
-    audit = memorisation_audit(
+    full = memorisation_audit(
         synth_x,
         train_x,
         test_x,
         autoencoder_features(ae, get_device(device)),
         evaluation.audit_quantile,
     )
-    return {"downstream": flatten_metrics(downstream), "memorisation": flatten_metrics(audit)}
-
-
-def flatten_metrics(nested: Mapping[str, Any], prefix: str = "") -> dict[str, Metric]:
-    """Nested results -> MetricRecord values with ``/``-joined keys. A list of
-    ``{"synthetic_index", "distance"}`` (the audit's ``flagged``) becomes two lists,
-    ``<key>/synthetic_index`` and ``<key>/distance``; booleans become 0/1."""
-    out: dict[str, Metric] = {}
-    for k, v in nested.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, Mapping):
-            out.update(flatten_metrics(v, f"{key}/"))
-        elif k == "flagged":
-            out[f"{key}/synthetic_index"] = [int(f["synthetic_index"]) for f in v]
-            out[f"{key}/distance"] = [float(f["distance"]) for f in v]
-        elif isinstance(v, list | tuple):
-            out[key] = [x if isinstance(x, int) else float(x) for x in v]
-        elif isinstance(v, bool | np.bool_):
-            out[key] = int(v)
-        elif isinstance(v, int | np.integer):
-            out[key] = int(v)
-        else:
-            out[key] = float(v)
-    return out
-
-
-def unflatten_metrics(flat: Mapping[str, Any]) -> dict[str, Any]:
-    """Inverse of ``flatten_metrics`` (the flagged lists come back as lists of dicts)."""
-    out: dict[str, Any] = {}
-    for key, v in flat.items():
-        *parents, leaf = key.split("/")
-        node = out
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = list(v) if isinstance(v, list | tuple) else v
-
-    def rebuild(node: dict[str, Any]) -> None:
-        for k, v in node.items():
-            if not isinstance(v, dict):
-                continue
-            if k == "flagged" and set(v) == {"synthetic_index", "distance"}:
-                node[k] = [
-                    {"synthetic_index": int(i), "distance": float(d)}
-                    for i, d in zip(v["synthetic_index"], v["distance"], strict=True)
-                ]
-            else:
-                rebuild(v)
-
-    rebuild(out)
-    return out
+    (site.run_dir / "synthetic" / "audit.json").write_text(json.dumps(full, indent=1) + "\n")
+    return {
+        "downstream": flatten_metrics(downstream),
+        "memorisation": flatten_metrics(aggregate_audit(full)),
+    }

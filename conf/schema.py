@@ -9,9 +9,44 @@ tree.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from omegaconf import MISSING
+
+
+class PrivacyMode(StrEnum):
+    """``none``; ``dp_sgd``: local DP-SGD at each site (Opacus); ``central_dp``: clipping at
+    the sites, Gaussian noise on the aggregate at the server (Flower's wrapper)."""
+
+    none = "none"
+    dp_sgd = "dp_sgd"
+    central_dp = "central_dp"
+
+
+class LabelMode(StrEnum):
+    """How the diagnosis enters the UNet: ``concat`` (paper) or ``embed`` (authors' code)."""
+
+    concat = "concat"
+    embed = "embed"
+
+
+class StrategyName(StrEnum):
+    """The Flower strategies ``server.strategy.build_strategy`` can build."""
+
+    FedAvg = "FedAvg"
+    FedProx = "FedProx"
+    FedAdam = "FedAdam"
+    FedYogi = "FedYogi"
+    FedAdagrad = "FedAdagrad"
+    FedAvgM = "FedAvgM"
+    FedMedian = "FedMedian"
+    FedTrimmedAvg = "FedTrimmedAvg"
+    Krum = "Krum"
+
+
+class ConfigConflictError(ValueError):
+    """Two settings that cannot hold together (the message names both and the fix)."""
 
 
 @dataclass
@@ -136,12 +171,15 @@ class ModelConfig:
     # genotype + label, no cross-attention), g2i_label_attn (genotype + label, cross-attention).
     variant: str = "g2i_plus"
     # How the diagnosis enters the UNet: "concat" (paper) or "embed" (authors' code).
-    label_mode: str = "embed"
+    label_mode: LabelMode = LabelMode.embed
     # The genotype's timestep-embedding route (g2i_plus, g2i_label_noattn): what it pools
     # ("tokens": the encoder's output; "values": the value embeddings, additive in the SNPs)
     # and how its projection starts ("zero" or "default").
     genotype_pool: str = "tokens"
-    genotype_time_init: str = "zero"
+    genotype_time_init: str = "default"
+    # Loci (panel names) whose values get their own code in that route, and its width.
+    major_loci: list[str] = field(default_factory=lambda: ["APOE_e4"])
+    locus_embed_dim: int = 16
     num_classes: int = 3
     # Autoencoder: len(ae_channels) - 1 downsamplings (3 levels = latents at 1/4 size).
     ae_channels: list[int] = field(default_factory=lambda: [32, 64, 64])
@@ -216,7 +254,7 @@ class TrainConfig:
 class FederationConfig:
     """Rounds per phase and the aggregation strategy."""
 
-    strategy: str = "FedAvg"
+    strategy: StrategyName = StrategyName.FedAvg
     rounds_ae: int = 2
     rounds_ldm: int = 2
     min_sites: int = 2
@@ -232,7 +270,7 @@ class FederationConfig:
 class PrivacyConfig:
     """Differential privacy: none, local DP-SGD (Opacus) or central DP (Flower wrappers)."""
 
-    mode: str = "none"
+    mode: PrivacyMode = PrivacyMode.none
     noise_multiplier: float = 1.0
     max_grad_norm: float = 1.0
     delta: float = 1e-5
@@ -278,6 +316,98 @@ class EvaluationConfig:
     audit_quantile: float = 0.05
     # Truth folder of a g2i-simulate cohort; empty = <data.root>/truth when it exists.
     truth_dir: str = ""
+
+
+@dataclass
+class SitePolicy:
+    """What a site allows, fixed by the site (its SuperNode's node config or the policy file
+    it names), never by the server. In simulation it comes from the run's config."""
+
+    # DP mode every training round must use and the least noise multiplier it accepts.
+    privacy_mode: PrivacyMode = PrivacyMode.dp_sgd
+    min_noise_multiplier: float = 1.0
+    # Epsilon budget and delta over the site's whole lifetime (every run, every phase).
+    epsilon_budget: float = 10.0
+    delta: float = 1e-5
+    # The QC thresholds behind every count the site releases (--mind fixes the sample set).
+    qc: QCConfig = field(default_factory=QCConfig)
+    # Splits and their seed: the training set behind released counts is the site's choice.
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    split_seed: int = 0
+    # A released count describing fewer subjects than this is suppressed or merged.
+    min_cell_size: int = 10
+    # The memorisation audit of the shared synthetic set: on or off, at most once per run,
+    # at most ``audit_max_runs`` times over the site's lifetime, with this quantile.
+    audit: bool = True
+    audit_max_runs: int = 20
+    audit_quantile: float = 0.05
+    # Where the site writes (prepared data, ledgers, logs); empty = beside its data.
+    work_path: str = ""
+    # Training hyper-parameters the server may override (Hydra keys; ``group.*`` = all).
+    allowed_overrides: list[str] = field(
+        default_factory=lambda: [
+            "train.*",
+            "model.*",
+            "federation.*",
+            "evaluation.*",
+            "seed",
+            "name",
+            "run_dir",
+            "data.image_size",
+            "data.root",
+            "privacy",
+            "privacy.noise_multiplier",
+            "privacy.max_grad_norm",
+        ]
+    )
+
+    def __post_init__(self) -> None:
+        if self.min_noise_multiplier < 0 or self.epsilon_budget < 0:
+            raise ConfigConflictError("policy: min_noise_multiplier and epsilon_budget >= 0")
+        if not 0 < self.delta < 1:
+            raise ConfigConflictError(f"policy.delta must be in (0, 1), got {self.delta}")
+        if self.min_cell_size < 1:
+            raise ConfigConflictError("policy.min_cell_size must be at least 1")
+        if not 0 < self.audit_quantile < 1:
+            raise ConfigConflictError("policy.audit_quantile must be in (0, 1)")
+        if self.privacy_mode == PrivacyMode.dp_sgd and self.min_noise_multiplier <= 0:
+            raise ConfigConflictError(
+                "policy: privacy_mode=dp_sgd needs min_noise_multiplier > 0 (0 adds no noise)"
+            )
+
+
+def check_config(cfg: Any) -> None:
+    """Cross-field checks of a composed root config (raises ``ConfigConflictError``)."""
+    privacy, fed = cfg.privacy, cfg.federation
+    fedprox = fed.strategy == StrategyName.FedProx or fed.proximal_mu > 0
+    if privacy.mode == PrivacyMode.dp_sgd and fedprox:
+        # The proximal term is added to the loss, outside Opacus's per-sample gradients:
+        # DP-SGD would drop it silently.
+        raise ConfigConflictError(
+            "privacy=dp_sgd with FedProx (federation.strategy=FedProx or "
+            "federation.proximal_mu > 0): the proximal term is not part of the clipped "
+            "per-sample gradient; use FedAvg with DP-SGD, or privacy=central_dp with FedProx"
+        )
+    if privacy.mode == PrivacyMode.central_dp and fed.strategy in (
+        StrategyName.FedMedian,
+        StrategyName.FedTrimmedAvg,
+        StrategyName.Krum,
+    ):
+        raise ConfigConflictError(
+            f"privacy=central_dp with federation.strategy={fed.strategy}: the Gaussian "
+            "mechanism's sensitivity bound holds for a mean of clipped updates only; use a "
+            "mean-based strategy (FedAvg, FedProx, FedAdam, FedYogi, FedAdagrad, FedAvgM)"
+        )
+    if privacy.mode != PrivacyMode.none and privacy.noise_multiplier <= 0 and (
+        privacy.target_epsilon <= 0
+    ):
+        raise ConfigConflictError(
+            f"privacy={privacy.mode} with privacy.noise_multiplier={privacy.noise_multiplier}: "
+            "set a positive noise multiplier or privacy.target_epsilon"
+        )
+    if privacy.mode != PrivacyMode.none and not 0 < privacy.delta < 1:
+        raise ConfigConflictError(f"privacy.delta must be in (0, 1), got {privacy.delta}")
 
 
 @dataclass

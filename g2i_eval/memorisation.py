@@ -145,3 +145,27 @@ def autoencoder_features(ae: torch.nn.Module, device: torch.device | str = "cpu"
         return posterior.mean.flatten(1)
 
     return features
+
+
+def coarse(x: float, digits: int = 2) -> float:
+    """``x`` to ``digits`` significant digits (0 stays 0)."""
+    return float(f"{x:.{digits - 1}e}") if x else 0.0
+
+
+def aggregate_audit(audit: dict[str, Any], digits: int = 2) -> dict[str, Any]:
+    """What a site releases from ``memorisation_audit``: per space the share of synthetic
+    images flagged and the median synthetic-to-train and test-to-train distances, each to
+    ``digits`` significant digits; no per-image distance, index, minimum or threshold (a
+    reader who chose the images would learn how far each is from a training image)."""
+    out: dict[str, Any] = {
+        k: audit[k] for k in ("quantile", "n_synthetic", "n_train", "n_test") if k in audit
+    }
+    for space in ("pixel", "features"):
+        if space in audit:
+            a = audit[space]
+            out[space] = {
+                "fraction_flagged": coarse(a["fraction_flagged"], digits),
+                "synthetic_to_train_q50": coarse(a["synthetic_to_train"]["q50"], digits),
+                "test_to_train_q50": coarse(a["test_to_train"]["q50"], digits),
+            }
+    return out

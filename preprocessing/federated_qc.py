@@ -174,6 +174,113 @@ def local_mind(fs: PlinkFileset, mind: float) -> np.ndarray:
 def site_counts(bfile: str | Path | PlinkFileset, config: QCConfig | QCThresholds) -> SiteCounts:
     """Site side: local ``--mind``, then GroupCounts of the remaining samples in the groups
     the pooled filters can read under ``config``."""
+    return _site_counts_and_groups(bfile, config)[0]
+
+
+def released_site_counts(
+    bfile: str | Path | PlinkFileset, config: QCConfig | QCThresholds, min_cell: int
+) -> tuple[SiteCounts, list[str]]:
+    """``site_counts`` with no count describing fewer than ``min_cell`` subjects, directly or
+    by differencing two released groups (``suppress_small_cells``)."""
+    counts, masks = _site_counts_and_groups(bfile, config)
+    return suppress_small_cells(counts, masks, min_cell)
+
+
+GROUP_LABELS = (
+    "all",
+    "founders",
+    "founder controls",
+    "males",
+    "male founders",
+    "male founder controls",
+)
+
+
+def suppress_small_cells(
+    counts: SiteCounts, masks: np.ndarray, min_cell: int
+) -> tuple[SiteCounts, list[str]]:
+    """Counts safe to release: every set of subjects a reader can isolate by adding and
+    subtracting released groups (an *atom*: the samples sharing one pattern of group
+    membership) holds none or at least ``min_cell`` subjects.
+
+    A group smaller than ``min_cell`` is suppressed (sent with size 0 and zero counts: the
+    pooled statistic then lacks this site's part of it). A small atom inside a large group
+    is removed by merging the group that cuts it off into its smallest released parent (the
+    merged group is sent with the parent's counts; e.g. founders := all samples when three
+    non-founders differ). Each change is named in the returned notes; with no note the counts
+    are exactly ``site_counts``'s, and the federated QC equals pooled plink1.9.
+
+    Args:
+        masks: (6, n_samples) bool, the samples behind each group (``SampleGroups.masks``).
+    """
+    out = SiteCounts(**{**counts.__dict__, "counts": counts.counts.copy()})
+    out.sizes = counts.sizes.copy()
+    member = np.asarray(masks, dtype=bool).copy()
+    released = [g for g in range(N_GROUPS) if out.present[g] and out.sizes[g] > 0]
+    notes: list[str] = []
+    for _ in range(4 * N_GROUPS):
+        small = _smallest_small_atom(member, released, min_cell)
+        if small is None:
+            break
+        pattern, size = small
+        holding = sorted((g for g in released if pattern[g]), key=lambda g: out.sizes[g])
+        group = holding[0]
+        # The released groups that cut the small atom off from ``group``.
+        cutters = [g for g in released if not pattern[g] and (member[g] & member[group]).any()]
+        target = group
+        if out.sizes[group] >= min_cell and cutters:
+            target = max(cutters, key=lambda g: (int((member[g] & member[group]).sum()), -g))
+            parents = [h for h in holding if (member[target] <= member[h]).all()]
+            if parents:
+                parent = min(parents, key=lambda h: out.sizes[h])
+                notes.append(
+                    f"{GROUP_LABELS[target]}: merged into {GROUP_LABELS[parent]} "
+                    f"(a set of {size} < {min_cell} subjects told them apart)"
+                )
+                out.counts[target] = out.counts[parent]
+                out.sizes[target] = out.sizes[parent]
+                member[target] = member[parent]
+                continue
+        notes.append(
+            f"{GROUP_LABELS[target]}: suppressed (a set of {size} < {min_cell} subjects "
+            "could be told apart)"
+        )
+        out.counts[target] = 0
+        out.sizes[target] = 0
+        member[target] = False
+        released.remove(target)
+    if 0 < out.n_removed_mind < min_cell:
+        notes.append(f"--mind removals: {out.n_removed_mind} < {min_cell}, sent as 0")
+        out.n_removed_mind = 0
+    if 0 < out.n_controls < min_cell:
+        notes.append(f"controls: {out.n_controls} < {min_cell}, sent as 0")
+        out.n_controls = 0
+    return out, notes
+
+
+def _smallest_small_atom(
+    member: np.ndarray, released: list[int], min_cell: int
+) -> tuple[np.ndarray, int] | None:
+    """(membership pattern over all 6 groups, size) of the smallest atom with 0 < size <
+    ``min_cell`` among samples in at least one released group; None when there is none."""
+    if not released:
+        return None
+    rows = np.zeros_like(member)
+    rows[released] = member[released]
+    inside = rows.any(axis=0)
+    if not inside.any():
+        return None
+    patterns, sizes = np.unique(rows[:, inside].T, axis=0, return_counts=True)
+    small = np.flatnonzero(sizes < min_cell)
+    if small.size == 0:
+        return None
+    k = small[np.argmin(sizes[small])]
+    return patterns[k], int(sizes[k])
+
+
+def _site_counts_and_groups(
+    bfile: str | Path | PlinkFileset, config: QCConfig | QCThresholds
+) -> tuple[SiteCounts, np.ndarray]:
     fs = bfile if isinstance(bfile, PlinkFileset) else read_plink(bfile)
     removed = local_mind(fs, config.mind)
     fam = fs.fam
@@ -185,6 +292,8 @@ def site_counts(bfile: str | Path | PlinkFileset, config: QCConfig | QCThreshold
     present[list(needed_groups(config, controls))] = True
     counts = group_counts(fs, groups).astype(np.int64)
     counts[~present] = 0
+    masks = np.stack(groups.masks())
+    masks[~present] = False
     return SiteCounts(
         counts=counts,
         chrom=fs.bim.chrom.copy(),
@@ -195,7 +304,7 @@ def site_counts(bfile: str | Path | PlinkFileset, config: QCConfig | QCThreshold
         n_controls=int(np.count_nonzero(fam.control & ~removed)),
         sizes=np.array([int(np.count_nonzero(m)) for m in groups.masks()], dtype=np.int64),
         present=present,
-    )
+    ), masks
 
 
 @dataclass

@@ -2,6 +2,8 @@
 
 RUN/state.json           phase progress (rounds done per phase, scale factor, panel)
 RUN/checkpoints/<phase>.npz  global weights after the last finished round of a phase
+RUN/checkpoints/<phase>.strategy.npz  the server optimiser's state (FedAdam / FedYogi /
+                         FedAdagrad moments, FedAvgM momentum) saved with those weights
 RUN/rounds.jsonl         one line per round: per-site metrics and failures
 """
 
@@ -13,8 +15,59 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from flwr.app import Array, ArrayRecord
+from flwr.serverapp.strategy import FedAvgM
 
 from server.strategy import RoundLog
+
+# Server-side optimiser state of Flower's strategies: attribute -> kind.
+_STATE_DICTS = ("m_t", "v_t")  # FedOpt family: dicts of arrays by parameter name
+_STATE_LISTS = ("momentum_vector",)  # FedAvgM: a list of arrays in parameter order
+
+
+def strategy_state(strategy: object) -> dict[str, np.ndarray]:
+    """The inner strategy's optimiser state as named arrays (empty for stateless ones);
+    ``strategy`` may be wrapped (``.inner`` / ``.strategy``)."""
+    s = _innermost(strategy)
+    out: dict[str, np.ndarray] = {}
+    for attr in _STATE_DICTS:
+        for k, v in (getattr(s, attr, None) or {}).items():
+            out[f"{attr}/{k}"] = np.asarray(v)
+    for attr in _STATE_LISTS:
+        for i, v in enumerate(getattr(s, attr, None) or []):
+            out[f"{attr}/{i:06d}"] = np.asarray(v)
+    return out
+
+
+def restore_strategy_state(
+    strategy: object, state: dict[str, np.ndarray], arrays: dict[str, np.ndarray]
+) -> None:
+    """Put saved optimiser state (``strategy_state``) and the current global weights back."""
+    s = _innermost(strategy)
+    if not state:
+        return
+    for attr in _STATE_DICTS:
+        part = {k.split("/", 1)[1]: v for k, v in state.items() if k.startswith(f"{attr}/")}
+        if part and hasattr(s, attr):
+            setattr(s, attr, part)
+    for attr in _STATE_LISTS:
+        part = [v for k, v in sorted(state.items()) if k.startswith(f"{attr}/")]
+        if part and hasattr(s, attr):
+            setattr(s, attr, part)
+    if isinstance(s, FedAvgM):
+        s.current_arrays = ArrayRecord(
+            array_dict={k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()}
+        )
+    elif hasattr(s, "current_arrays"):  # the FedOpt family keeps numpy arrays by name
+        s.current_arrays = dict(arrays)
+
+
+def _innermost(strategy: object) -> object:
+    while True:
+        nxt = getattr(strategy, "inner", None) or getattr(strategy, "strategy", None)
+        if nxt is None:
+            return strategy
+        strategy = nxt
 
 
 class RunState:
@@ -42,12 +95,36 @@ class RunState:
     def rounds_done(self, phase: str) -> int:
         return int(self.state.get(f"{phase}_rounds_done", 0))
 
-    def checkpoint(self, phase: str, round_done: int, arrays: dict[str, np.ndarray]) -> None:
-        """Weights first, then the state that points at them (a crash in between is safe)."""
-        tmp = self.dir / "checkpoints" / f"{phase}.tmp.npz"
-        np.savez(tmp, **arrays)
-        tmp.replace(self.dir / "checkpoints" / f"{phase}.npz")
+    def checkpoint(
+        self,
+        phase: str,
+        round_done: int,
+        arrays: dict[str, np.ndarray],
+        strategy: dict[str, np.ndarray] | None = None,
+    ) -> None:
+        """Weights and optimiser state first, then the state that points at them (a crash in
+        between is safe)."""
+        for name, values in ((phase, arrays), (f"{phase}.strategy", strategy or {})):
+            tmp = self.dir / "checkpoints" / f"{name}.tmp.npz"
+            np.savez(tmp, **values)
+            tmp.replace(self.dir / "checkpoints" / f"{name}.npz")
         self.set(**{f"{phase}_rounds_done": round_done})
+
+    def load_strategy_state(self, phase: str) -> dict[str, np.ndarray]:
+        path = self.dir / "checkpoints" / f"{phase}.strategy.npz"
+        if not path.exists() or self.rounds_done(phase) == 0:
+            return {}
+        with np.load(path) as z:
+            return {k: z[k] for k in z.files}
+
+    def invalidate(self, phase: str, *keys: str) -> None:
+        """Forget a phase's progress (its weights no longer match what it was trained on)
+        and derived values such as the latent scale."""
+        for name in (phase, f"{phase}.strategy"):
+            (self.dir / "checkpoints" / f"{name}.npz").unlink(missing_ok=True)
+        for key in (f"{phase}_rounds_done", *keys):
+            self.state.pop(key, None)
+        self._save()
 
     def load_checkpoint(self, phase: str) -> dict[str, np.ndarray] | None:
         path = self.dir / "checkpoints" / f"{phase}.npz"

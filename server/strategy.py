@@ -22,9 +22,11 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp import strategy as fl
+from flwr.serverapp.strategy.dp_fixed_clipping import DifferentialPrivacyFixedClippingBase
 
-from client.records import error_summary
 from conf.schema import FederationConfig, PrivacyConfig
+from contract.messages import UNIT_WEIGHT, reply_arrays, reply_metrics
+from contract.wire import error_summary
 
 STRATEGIES: dict[str, Callable[..., fl.Strategy]] = {
     "FedAvg": fl.FedAvg,
@@ -97,6 +99,11 @@ def build_strategy(fed: FederationConfig, privacy: PrivacyConfig, n_sites: int) 
         kwargs["proximal_mu"] = fed.proximal_mu
     if fed.strategy in ("FedAdam", "FedYogi", "FedAdagrad"):
         kwargs["eta"] = fed.server_lr
+    if privacy.mode == "central_dp":
+        # Equal weights: each site's clipped update moves the mean by at most C / n, the
+        # sensitivity the Gaussian noise is calibrated to (size weighting would raise a large
+        # site's share above it).
+        kwargs["weighted_by_key"] = UNIT_WEIGHT
     strategy = STRATEGIES[fed.strategy](**kwargs)
     if privacy.mode == "central_dp":
         n_sampled = max(fed.min_sites, int(round(fed.fraction_train * n_sites)))
@@ -167,11 +174,11 @@ class GuardedStrategy(fl.Strategy):
         good = []
         for node, reply in replied.items():
             name = self._name(node)
-            record = next(iter(reply.content.array_records.values()), None)
+            record = reply_arrays(reply.content)
             if record is None or not arrays_finite(record):
                 log.failures[name] = "rejected: non-finite or missing weights"
                 continue
-            metrics = next(iter(reply.content.metric_records.values()), MetricRecord())
+            metrics = reply_metrics(reply.content)
             log.site_metrics[name] = {
                 k: float(v) for k, v in metrics.items() if isinstance(v, int | float)
             }
@@ -183,6 +190,10 @@ class GuardedStrategy(fl.Strategy):
                 f"{self.phase} round {log.round}: {len(good)} usable updates, "
                 f"{self.min_sites} needed; failures: {log.failures}"
             )
+        if isinstance(self.inner, DifferentialPrivacyFixedClippingBase):
+            # Noise for the sites that replied: the mean is over len(good) clipped updates,
+            # so its sensitivity is C / len(good), not C / (the number sampled).
+            self.inner.num_sampled_clients = len(good)
         return self.inner.aggregate_train(server_round, good)
 
     def aggregate_evaluate(
@@ -197,7 +208,7 @@ class GuardedStrategy(fl.Strategy):
                 reason = f"evaluate: {reason}"
                 log.failures[name] = f"{earlier}; {reason}" if earlier else reason
             for node, r in replied.items():
-                metrics = next(iter(r.content.metric_records.values()), MetricRecord())
+                metrics = reply_metrics(r.content)
                 log.site_metrics.setdefault(self._name(node), {}).update(
                     {f"val-{k}": float(v) for k, v in metrics.items() if isinstance(v, int | float)}
                 )
