@@ -115,8 +115,8 @@ def header_problem(panel: Panel, header: Sequence[str]) -> str | None:
         if allele is not None and alleles[i] is not None and allele != alleles[i]:
             return (
                 f"column {i + 1} counts {name} allele {allele} where the model counts "
-                f"{alleles[i]}; recode it to {alleles[i]} copies (2 - value) or use PLINK's "
-                f"--recode-allele"
+                f"{alleles[i]} (alleles in model_index.json's panel); recode it to "
+                f"{alleles[i]} copies (2 - value) or use PLINK's --recode-allele"
             )
     if len(parsed) < len(names):
         return (

@@ -33,7 +33,10 @@ def test_train_then_generate(tmp_path, capsys) -> None:
         assert (run / name).is_file(), name
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["ae_steps"] == 2 and metrics["latent_scale_factor"] > 0
-    assert (run / "model" / "model_index.json").is_file()
+    panel = json.loads((run / "model" / "model_index.json").read_text())["panel"]
+    # The synthetic test data's columns: APOE e4 copies, then 19 unnamed SNPs.
+    assert panel["snp_names"] == ["APOE_e4", *(f"snp{i}" for i in range(1, 20))]
+    assert panel["alleles"] == ["e4", *[None] * 19]
 
     out = tmp_path / "gen"
     assert generate_main([str(run / "model"), "--out", str(out), "--per-class", "1"]) == 0

@@ -10,6 +10,7 @@ import torch
 from g2i_models.autoencoder import build_autoencoder, set_scale_factor
 from g2i_models.cli import generate_main
 from g2i_models.diffusion import build_noise_scheduler
+from g2i_models.panel import panel_config
 from g2i_models.pipeline import G2IPipeline
 from g2i_models.unet import build_denoiser
 from tests.g2i_models.tiny import IMAGE_SIZE, N_SNPS, tiny_model_config
@@ -23,7 +24,12 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     set_scale_factor(ae, 0.8)
     den = build_denoiser(cfg, N_SNPS, IMAGE_SIZE // 4)
     pipe = G2IPipeline.from_parts(
-        ae, den, build_noise_scheduler(cfg), sample_steps=1, allele_freqs=[0.3] * N_SNPS
+        ae,
+        den,
+        build_noise_scheduler(cfg),
+        sample_steps=1,
+        allele_freqs=[0.3] * N_SNPS,
+        panel=panel_config(NAMES),
     )
     out = tmp_path_factory.mktemp("model")
     pipe.save_pretrained(out)
@@ -37,6 +43,7 @@ def _run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]
 
 
 ROW = ",".join(["1"] * N_SNPS)
+NAMES = [f"rs{i}" for i in range(N_SNPS)]
 
 
 @pytest.mark.parametrize(
@@ -46,6 +53,8 @@ ROW = ",".join(["1"] * N_SNPS)
         (",".join(f"rs{i}" for i in range(N_SNPS)) + "\n", "only a header", "line 1"),
         (f"{ROW}\n{','.join(['1'] * (N_SNPS - 1) + ['7'])}\n", "genotype value '7'", "line 2"),
         (f"{ROW}\n1,2\n", f"where the model has {N_SNPS} SNPs", "line 2"),
+        (",".join([NAMES[1], NAMES[0], *NAMES[2:]]) + f"\n{ROW}\n", "reorder", "line 1"),
+        (",".join([*NAMES[:-1], "rs999"]) + f"\n{ROW}\n", "SNP rs999 (column", "line 1"),
     ],
 )
 def test_bad_genotype_csv_is_one_line_naming_file_and_row(
