@@ -4,22 +4,19 @@ from __future__ import annotations
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from client.client_app import optional_clipping_mod
+from tests.server.messages import sent
 
 
 def _train_message(config: dict) -> Message:
-    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
     content = RecordDict(
         {
             "arrays": ArrayRecord(array_dict={"w": Array(np.zeros(4, np.float32))}),
             "config": ConfigRecord(config),
         }
     )
-    msg = Message(content, dst_node_id=7, message_type="train")
-    TaskIdentity.node_id = 7
-    return msg
+    return sent(7, "train", content)
 
 
 def _handler(msg: Message, ctxt: Context) -> Message:

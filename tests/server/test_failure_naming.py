@@ -13,10 +13,10 @@ import pytest
 from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.server.superlink.linkstate.utils import create_message_error_unavailable_res_message
 from flwr.serverapp import strategy as fl
-from flwr.supercore.task_identity import TaskIdentity
 
 from server.report import failures_by_site, privacy_ledger, training_rounds
 from server.strategy import NO_REPLY, GuardedStrategy, RoundLog, TooFewSitesError, sort_replies
+from tests.server.messages import sent
 
 SUPERLINK = 1  # the node ID Flower's SuperLink gives its own error replies
 NAMES = {101: "site-0", 202: "site-1", 303: "site-2"}
@@ -24,15 +24,10 @@ NAMES = {101: "site-0", 202: "site-1", 303: "site-2"}
 
 def _sent(nodes: list[int], kind: str = "train") -> list[Message]:
     """Messages as the grid leaves them after pushing: each with its message ID."""
-    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 7, 1, 0
-    messages = [Message(RecordDict(), dst_node_id=n, message_type=kind) for n in nodes]
-    for m in messages:
-        m.metadata.__dict__["_message_id"] = m.object_id
-    return messages
+    return [sent(n, kind) for n in nodes]
 
 
 def _update(query: Message, value: float) -> Message:
-    TaskIdentity.node_id = query.metadata.dst_node_id
     content = RecordDict(
         {
             "arrays": ArrayRecord(array_dict={"w": Array(np.full((2,), value, np.float32))}),

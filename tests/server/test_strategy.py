@@ -7,18 +7,15 @@ import pytest
 from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.app import Error as FlwrError
 from flwr.serverapp import strategy as fl
-from flwr.supercore.task_identity import TaskIdentity
 
 from conf import load_config, to_object
 from server.strategy import GuardedStrategy, TooFewSitesError, build_strategy
+from tests.server.messages import sent
 
 
 def _as_reply_from(node: int, **content: object) -> Message:
     # A reply as the server receives it: a query to the node, answered by that node.
-    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
-    query = Message(RecordDict(), dst_node_id=node, message_type="train")
-    TaskIdentity.node_id = node
-    return Message(reply_to=query, **content)
+    return Message(reply_to=sent(node, "train"), **content)
 
 
 def _reply(node: int, value: float, n: int = 10) -> Message:
@@ -75,6 +72,28 @@ def test_central_dp_wraps_the_strategy() -> None:
 
 
 def test_unknown_strategy_is_refused() -> None:
-    cfg = load_config("tiny", "federation.strategy=FedMagic")
-    with pytest.raises(ValueError, match="FedMagic"):
-        build_strategy(to_object(cfg.federation), to_object(cfg.privacy), 3)
+    with pytest.raises(Exception, match="FedMagic"):
+        load_config("tiny", "federation.strategy=FedMagic")
+
+
+def test_central_dp_noise_and_weights_for_the_sites_that_replied() -> None:
+    """A site drops: the noise is calibrated to the 2 that replied (C / 2), and a site with
+    100x the examples weighs as much as the other (size weighting would raise its
+    sensitivity above C / n)."""
+    cfg = load_config("tiny", "privacy=central_dp privacy.noise_multiplier=0.0")
+    s = build_strategy(to_object(cfg.federation), to_object(cfg.privacy), 3)
+    s.current_arrays = ArrayRecord(array_dict={"w": Array(np.zeros((2, 2), np.float32))})
+    g = GuardedStrategy(s, 2, "ae")
+    good = [_reply(1, 0.2, n=10), _reply(2, 0.4, n=1000)]
+    for r in good:
+        r.content["metrics"]["unit-weight"] = 1
+    arrays, _ = g.aggregate_train(1, [*good, _error(3)])
+    assert s.num_sampled_clients == 2
+    np.testing.assert_allclose(arrays["w"].numpy(), 0.3, rtol=1e-6)
+
+
+def test_dp_sgd_with_fedprox_is_refused() -> None:
+    from conf.schema import ConfigConflictError, check_config
+
+    with pytest.raises(ConfigConflictError, match="proximal"):
+        check_config(load_config("tiny", "privacy=dp_sgd federation.strategy=FedProx"))
