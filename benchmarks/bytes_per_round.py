@@ -172,7 +172,7 @@ def measure(experiment: str, cohort: Path, qc_snps: int, qc_samples: int) -> dic
     ]
     ae = build_autoencoder(model_cfg, data.image_size)
     ae_weights = task.to_wire(ae.state_dict())
-    denoiser = build_denoiser(model_cfg, len(panel), latent_size(ae))
+    denoiser = build_denoiser(model_cfg, len(panel), latent_size(ae), panel)
     ldm_weights = task.to_wire(denoiser.state_dict())
     base = {"panel": panel, "seed": cfg.seed, "total-dp-steps": 0}
 

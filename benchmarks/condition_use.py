@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     for variant in args.variants:
         mcfg = replace(model_cfg, variant=variant, sample_steps=args.sample_steps)
         torch.manual_seed(args.seed)
-        denoiser = build_denoiser(mcfg, len(panel), latent_size(ae))
+        denoiser = build_denoiser(mcfg, len(panel), latent_size(ae), panel)
         scheduler = build_noise_scheduler(mcfg)
         t0 = time.perf_counter()
         result = train_local(

@@ -23,7 +23,13 @@ from g2i_models.autoencoder import (
 )
 from g2i_models.device import get_device, seed_everything
 from g2i_models.diffusion import build_noise_scheduler
-from g2i_models.local_training import derive_seed, e4_columns_of, make_loader, train_local
+from g2i_models.local_training import (
+    derive_seed,
+    e4_columns_of,
+    make_loader,
+    panel_names,
+    train_local,
+)
 from g2i_models.panel import dataset_panel
 from g2i_models.pipeline import G2IPipeline, generate
 from g2i_models.plots import CLASS_NAMES, save_loss_curves, save_sample_grid
@@ -144,7 +150,8 @@ def train_centralized(
         "autoencoder: val PSNR %.2f -> %.2f dB, scale %.4f", before["psnr"], after["psnr"], scale
     )
 
-    denoiser = build_denoiser(model_cfg, n_snps, latent_size(ae)).to(device)
+    names = panel_names(train_set)
+    denoiser = build_denoiser(model_cfg, n_snps, latent_size(ae), names).to(device)
     scheduler = build_noise_scheduler(model_cfg)
     metrics["ldm_val_mse_before"] = evaluate_ldm(denoiser, ae, scheduler, val_loader, device)["mse"]
     result = core(

@@ -68,12 +68,18 @@ class LocalResult:
 APOE_E4_NAMES = ("APOE_e4", "rs429358")
 
 
-def e4_columns_of(dataset: Dataset) -> list[int]:
-    """Panel indices of the APOE e4 encodings of a dataset with ``snp_names`` (a pooled
-    ``ConcatDataset``: its first part's), else none."""
+def panel_names(dataset: Dataset) -> list[str] | None:
+    """The SNP names of a dataset's genotype columns (a pooled ``ConcatDataset``: its first
+    part's), None when it does not name them."""
     while isinstance(dataset, ConcatDataset):
         dataset = dataset.datasets[0]
-    names = getattr(dataset, "snp_names", None) or []
+    names = getattr(dataset, "snp_names", None)
+    return None if names is None else [str(n) for n in names]
+
+
+def e4_columns_of(dataset: Dataset) -> list[int]:
+    """Panel indices of the APOE e4 encodings of a dataset that names its SNPs, else none."""
+    names = panel_names(dataset) or []
     return [i for i, name in enumerate(names) if name in APOE_E4_NAMES]
 
 

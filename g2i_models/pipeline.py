@@ -18,6 +18,7 @@ from diffusers import AutoencoderKL, DiffusionPipeline, UNet2DConditionModel
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from g2i_models.autoencoder import decode_latents
+from g2i_models.condition_embedding import ConditionEmbedding
 from g2i_models.diffusion import sample_latents, sampling_scheduler
 from g2i_models.panel import Panel, check_panel
 from g2i_models.snp_encoder import SNPEncoder
@@ -43,8 +44,9 @@ class G2IPipeline(DiffusionPipeline):
     (B, 1, H, W) float32 in [0, 1].
     """
 
-    model_cpu_offload_seq = "snp_encoder->unet->vae"
-    _optional_components = ["snp_encoder"]  # None for the label-only variant
+    model_cpu_offload_seq = "snp_encoder->cond_embedding->unet->vae"
+    # None for the label-only variant / the variants without a condition embedding.
+    _optional_components = ["snp_encoder", "cond_embedding"]
 
     def __init__(
         self,
@@ -62,11 +64,18 @@ class G2IPipeline(DiffusionPipeline):
         versions: dict[str, str] | None = None,
         genotype_pool: str = "tokens",
         panel: Panel | None = None,
+        cond_embedding: ConditionEmbedding | None = None,
     ) -> None:
         super().__init__()
         if panel is not None:
             check_panel(panel, None if snp_encoder is None else int(snp_encoder.config.n_snps))
-        self.register_modules(vae=vae, unet=unet, scheduler=scheduler, snp_encoder=snp_encoder)
+        self.register_modules(
+            vae=vae,
+            unet=unet,
+            scheduler=scheduler,
+            snp_encoder=snp_encoder,
+            cond_embedding=cond_embedding,
+        )
         self.register_to_config(
             variant=variant,
             label_mode=label_mode,
@@ -81,7 +90,7 @@ class G2IPipeline(DiffusionPipeline):
         )
         # Validates the variant against the components (an SNP encoder when genotypes are used).
         self.denoiser = ConditionalDenoiser(
-            unet, snp_encoder, variant, label_mode, num_classes, genotype_pool
+            unet, snp_encoder, variant, label_mode, num_classes, genotype_pool, cond_embedding
         )
 
     @classmethod
@@ -103,6 +112,7 @@ class G2IPipeline(DiffusionPipeline):
             label_mode=denoiser.label_mode,
             num_classes=denoiser.num_classes,
             genotype_pool=denoiser.genotype_pool,
+            cond_embedding=denoiser.cond_embedding,
             **config,
         )
 

@@ -68,6 +68,9 @@ class SNPEncoder(ModelMixin, ConfigMixin):
     index in the panel; ``depth`` pre-norm transformer blocks; a final LayerNorm.
     ``pool`` gives one vector per subject (B, d), used by the variant without cross-attention.
 
+    ``major_columns`` names panel columns (APOE e4) whose values the denoiser also reads
+    directly, beside the tokens (``major_values``).
+
     ``per_snp_values=False`` (the paper) shares one value embedding (0/1/2/missing/null) by
     all SNPs, so a SNP's token differs from another's only by its position embedding;
     ``True`` gives every SNP its own value embedding (``n_snps * 5`` rows), so a genotype
@@ -85,6 +88,7 @@ class SNPEncoder(ModelMixin, ConfigMixin):
         mlp_ratio: int = 2,
         dropout: float = 0.0,
         per_snp_values: bool = False,
+        major_columns: list[int] | None = None,
     ) -> None:
         super().__init__()
         if n_snps < 1:
@@ -113,6 +117,14 @@ class SNPEncoder(ModelMixin, ConfigMixin):
         for block in self.blocks:
             x = block(x)
         return self.norm(x)
+
+    def major_values(self, genotypes: torch.Tensor) -> torch.Tensor:
+        """(B, n_snps) -> (B, max(1, k)) float: the values (0/1/2, 3 missing, 4 null) of the
+        ``major_columns`` loci (a constant column when there are none)."""
+        cols = list(self.config.major_columns or [])
+        if not cols:
+            return torch.zeros(genotypes.shape[0], 1, device=genotypes.device)
+        return genotypes[:, cols].float()
 
     def additive(self, genotypes: torch.Tensor) -> torch.Tensor:
         """(B, n_snps) -> (B, d): the mean of the genotype-value embeddings, before any

@@ -15,8 +15,10 @@ route is what makes a single SNP's effect learnable in a few hundred steps: cros
 over ~50 tokens starts near uniform and, with values shared by all SNPs, learned about 1% of
 an oracle-strength e4 signal in 480 steps.
 
-The pooled genotype enters through diffusers' ``time_cond_proj_dim`` (the ``cond_proj`` of
-the UNet's timestep embedding, zero-initialised), so it is saved with the UNet. The
+The pooled genotype enters through diffusers' added embedding (``addition_embed_type=
+"text_time"``: an MLP of the pooled genotype and sinusoidal codes of the major loci's values,
+``model.major_loci``, APOE e4 by default, added to the timestep embedding), saved with the UNet.
+A single SNP's change moves a mean over ~50 SNP tokens by ~1/50; its own code is not diluted. The
 diagnosis in ``embed`` mode is the UNet's class embedding (``num_class_embeds``) added to the
 timestep embedding; in the paper's ``concat`` mode it is concatenated to the latent input.
 
@@ -28,6 +30,7 @@ condition of classifier-free guidance is the all-null genotype and an extra "no 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -36,6 +39,7 @@ from diffusers import UNet2DConditionModel
 from torch import nn
 
 from conf.schema import ModelConfig
+from g2i_models.condition_embedding import ConditionEmbedding
 from g2i_models.snp_encoder import NULL_GENOTYPE, SNPEncoder
 
 LABEL_MODES = ("concat", "embed")
@@ -51,10 +55,12 @@ class VariantSpec:
     genotype: bool
     label: bool
     cross_attention: bool
-    # The pooled genotype added to the timestep embedding.
+    # The pooled genotype added to the timestep embedding (diffusers' added embedding).
     pooled: bool = False
     # One value embedding per SNP (else shared by all SNPs, the paper's encoder).
     per_snp_values: bool = False
+    # Diagnosis, major loci and pooled genotype through a ``ConditionEmbedding`` (ours).
+    cond_embedding: bool = False
 
 
 VARIANTS: dict[str, VariantSpec] = {
@@ -65,7 +71,7 @@ VARIANTS: dict[str, VariantSpec] = {
     ),
     "g2i_label_attn": VariantSpec(genotype=True, label=True, cross_attention=True),
     "g2i_plus": VariantSpec(
-        genotype=True, label=True, cross_attention=True, pooled=True, per_snp_values=True
+        genotype=True, label=True, cross_attention=True, per_snp_values=True, cond_embedding=True
     ),
 }
 # The paper's four models (Table 1); ``g2i_plus`` is ours.
@@ -81,8 +87,9 @@ def variant_spec(variant: str, label_mode: str = "embed") -> VariantSpec:
     return VARIANTS[variant]
 
 
-def build_unet(cfg: ModelConfig, latent_size: int) -> UNet2DConditionModel:
-    """The UNet of ``cfg.variant`` for latents (B, latent_channels, latent_size, latent_size)."""
+def build_unet(cfg: ModelConfig, latent_size: int, n_major: int = 0) -> UNet2DConditionModel:
+    """The UNet of ``cfg.variant`` for latents (B, latent_channels, latent_size, latent_size);
+    ``n_major`` major loci get their own embedding in the genotype's timestep route."""
     spec = variant_spec(cfg.variant, cfg.label_mode)
     channels = tuple(cfg.unet_channels)
     if len(cfg.unet_attention_levels) != len(channels):
@@ -107,8 +114,18 @@ def build_unet(cfg: ModelConfig, latent_size: int) -> UNet2DConditionModel:
         in_channels += cfg.num_classes
     class_kwargs: dict[str, object] = {}
     if spec.pooled:
-        class_kwargs["time_cond_proj_dim"] = cfg.snp_embed_dim
-    if spec.label and cfg.label_mode == "embed":
+        # diffusers' SDXL-style added embedding: an MLP of [pooled genotype, sinusoidal codes
+        # of the major loci's values] added to the timestep embedding.
+        class_kwargs.update(
+            addition_embed_type="text_time",
+            addition_time_embed_dim=cfg.locus_embed_dim,
+            projection_class_embeddings_input_dim=cfg.snp_embed_dim
+            + max(1, n_major) * cfg.locus_embed_dim,
+        )
+    if spec.cond_embedding:
+        # The ConditionEmbedding's output is added to the timestep embedding as it is.
+        class_kwargs["class_embed_type"] = "identity"
+    elif spec.label and cfg.label_mode == "embed":
         class_kwargs["num_class_embeds"] = cfg.num_classes + 1  # last index = null label
     unet = UNet2DConditionModel(
         sample_size=latent_size,
@@ -126,15 +143,26 @@ def build_unet(cfg: ModelConfig, latent_size: int) -> UNet2DConditionModel:
         **class_kwargs,
     )
     if spec.pooled and cfg.genotype_time_init == "zero":
-        # Zero: the genotype starts with no effect and its direction is learned, instead of
-        # a random projection perturbing every timestep embedding.
-        nn.init.zeros_(unet.time_embedding.cond_proj.weight)
+        # Zero: the genotype starts with no effect through this route.
+        nn.init.zeros_(unet.add_embedding.linear_2.weight)
+        nn.init.zeros_(unet.add_embedding.linear_2.bias)
     return unet
 
 
-def build_snp_encoder(cfg: ModelConfig, n_snps: int) -> SNPEncoder | None:
+def major_columns(cfg: ModelConfig, panel: Sequence[str] | None) -> list[int]:
+    """Panel indices of ``cfg.major_loci`` (those present; none without a panel)."""
+    if not panel:
+        return []
+    names = list(panel)
+    return [names.index(n) for n in cfg.major_loci if n in names]
+
+
+def build_snp_encoder(
+    cfg: ModelConfig, n_snps: int, panel: Sequence[str] | None = None
+) -> SNPEncoder | None:
     """The SNP encoder for ``n_snps`` panel SNPs; None for the label-only variant."""
-    if not variant_spec(cfg.variant, cfg.label_mode).genotype:
+    spec = variant_spec(cfg.variant, cfg.label_mode)
+    if not spec.genotype:
         return None
     return SNPEncoder(
         n_snps=n_snps,
@@ -143,7 +171,21 @@ def build_snp_encoder(cfg: ModelConfig, n_snps: int) -> SNPEncoder | None:
         heads=cfg.snp_heads,
         mlp_ratio=cfg.snp_mlp_ratio,
         dropout=cfg.snp_dropout,
-        per_snp_values=variant_spec(cfg.variant, cfg.label_mode).per_snp_values,
+        per_snp_values=spec.per_snp_values,
+        major_columns=major_columns(cfg, panel) if spec.cond_embedding else [],
+    )
+
+
+def build_cond_embedding(cfg: ModelConfig, n_major: int) -> ConditionEmbedding | None:
+    """The ``ConditionEmbedding`` of a variant that has one (``g2i_plus``), else None."""
+    spec = variant_spec(cfg.variant, cfg.label_mode)
+    if not spec.cond_embedding:
+        return None
+    return ConditionEmbedding(
+        time_embed_dim=4 * cfg.unet_channels[0],  # diffusers' timestep embedding width
+        num_classes=cfg.num_classes if spec.label and cfg.label_mode == "embed" else 0,
+        n_major=n_major,
+        pooled_dim=cfg.snp_embed_dim,
     )
 
 
@@ -162,6 +204,7 @@ class ConditionalDenoiser(nn.Module):
         label_mode: str = "embed",
         num_classes: int = 3,
         genotype_pool: str = "tokens",
+        cond_embedding: ConditionEmbedding | None = None,
     ) -> None:
         super().__init__()
         self.spec = variant_spec(variant, label_mode)
@@ -172,8 +215,11 @@ class ConditionalDenoiser(nn.Module):
         self.genotype_pool = genotype_pool
         if self.spec.genotype and snp_encoder is None:
             raise ValueError(f"variant {variant!r} needs an SNP encoder")
+        if self.spec.cond_embedding and cond_embedding is None:
+            raise ValueError(f"variant {variant!r} needs a condition embedding")
         self.unet = unet
         self.snp_encoder = snp_encoder
+        self.cond_embedding = cond_embedding
         self.variant = variant
         self.label_mode = label_mode
         self.num_classes = num_classes
@@ -209,11 +255,15 @@ class ConditionalDenoiser(nn.Module):
             snp_tokens = self.snp_encoder(genotypes)  # (B, n_snps, d)
         onehot = None
         class_labels = None
+        added = None
         pooled = None
-        if self.spec.pooled and self.genotype_pool == "values":
-            pooled = self.snp_encoder.additive(genotypes)  # (B, d)
-        elif self.spec.pooled:
-            pooled = SNPEncoder.pool(snp_tokens)  # (B, d)
+        if self.spec.pooled or self.spec.cond_embedding:
+            if self.genotype_pool == "values":
+                pooled = self.snp_encoder.additive(genotypes)  # (B, d)
+            else:
+                pooled = SNPEncoder.pool(snp_tokens)  # (B, d)
+        if self.spec.pooled:
+            added = {"text_embeds": pooled, "time_ids": self.snp_encoder.major_values(genotypes)}
         if not self.spec.cross_attention:
             snp_tokens = None
         if self.spec.label:
@@ -227,22 +277,35 @@ class ConditionalDenoiser(nn.Module):
             h, w = z_t.shape[-2:]
             z_t = torch.cat([z_t, onehot[:, :, None, None].expand(-1, -1, h, w)], dim=1)
             class_labels = None
+        if self.cond_embedding is not None:
+            major = None
+            if self.cond_embedding.config.n_major:
+                major = self.snp_encoder.major_values(genotypes)
+            class_labels = self.cond_embedding(class_labels, major, pooled)
         return self.unet(
             z_t,
             t,
             encoder_hidden_states=snp_tokens,
             class_labels=class_labels,
-            timestep_cond=pooled,
+            added_cond_kwargs=added,
         ).sample
 
 
-def build_denoiser(cfg: ModelConfig, n_snps: int, latent_size: int) -> ConditionalDenoiser:
-    """UNet + SNP encoder of ``cfg.variant`` for ``n_snps`` SNPs and (latent_size)^2 latents."""
+def build_denoiser(
+    cfg: ModelConfig, n_snps: int, latent_size: int, panel: Sequence[str] | None = None
+) -> ConditionalDenoiser:
+    """UNet + SNP encoder of ``cfg.variant`` for ``n_snps`` SNPs and (latent_size)^2 latents;
+    ``panel`` (the SNP names) locates ``cfg.major_loci`` for the genotype's timestep route."""
+    if panel is not None and len(panel) != n_snps:
+        raise ValueError(f"panel names {len(panel)} SNPs, n_snps is {n_snps}")
+    encoder = build_snp_encoder(cfg, n_snps, panel)
+    n_major = len(encoder.config.major_columns or []) if encoder is not None else 0
     return ConditionalDenoiser(
-        build_unet(cfg, latent_size),
-        build_snp_encoder(cfg, n_snps),
+        build_unet(cfg, latent_size, n_major),
+        encoder,
         cfg.variant,
         cfg.label_mode,
         cfg.num_classes,
         cfg.genotype_pool,
+        build_cond_embedding(cfg, n_major),
     )

@@ -119,7 +119,7 @@ def _planted_e4_use(variant: str) -> dict[str, float]:
         ae.quant_conv.bias[model_cfg.latent_channels :] = -20.0
     train, val = PlantedE4(96, seed=0), PlantedE4(48, seed=1)
     set_scale_factor(ae, scale_factor_from_moments(*latent_moments(ae, [train[:]], CPU)))
-    denoiser = build_denoiser(model_cfg, 12, 4)
+    denoiser = build_denoiser(model_cfg, 12, 4, train.snp_names)
     scheduler = build_noise_scheduler(model_cfg)
     cfg = replace(tiny_train_config(batch_size=16, max_steps_ldm=150, ldm_epochs=100), lr_ldm=2e-3)
     train_local("ldm", denoiser, train, cfg, CPU, 3, ae=ae, scheduler=scheduler)
