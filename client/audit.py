@@ -15,7 +15,7 @@ from client.policy import is_simulation
 
 def describe_reply(msg: Message) -> dict[str, Any]:
     """JSON-able description of a reply's content (no array values)."""
-    content = msg.content
+    content = None if msg.has_error() else msg.content
     return {
         "time": time.time(),
         "message_type": msg.metadata.message_type,
