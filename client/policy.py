@@ -155,8 +155,8 @@ def compose(
     run_config: dict[str, Any], node_config: dict[str, Any], run_id: int
 ) -> tuple[DictConfig, SiteRuntime]:
     """The run's config as this site accepts it, and the site's runtime."""
-    from client.site import site_data_path
-    from conf import load_config, parse_overrides
+    from client.site import simulated_site_path, site_data_path
+    from conf import load_config, parse_overrides, to_object
 
     experiment = str(run_config.get("experiment", "tiny"))
     overrides = parse_overrides(str(run_config.get("overrides", "")))
@@ -171,10 +171,14 @@ def compose(
         check_request(experiment, overrides, policy)
         cfg = _load(experiment, overrides, load_config)
     check_config(cfg)
-    data_dir = site_data_path(node_config, cfg.data.root)
     work = str(node_config.get("work-path", "") or policy.work_path)
     if simulation:
+        data_dir = simulated_site_path(
+            node_config, cfg.data.root, to_object(cfg.cohort), int(cfg.seed)
+        )
         work = str(node_config.get("work-path", cfg.data.cache_dir))
+    else:
+        data_dir = site_data_path(node_config, cfg.data.root)
     return cfg, SiteRuntime(data_dir, work, policy, simulation, int(run_id))
 
 

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from conf.schema import CohortConfig
+
+log = logging.getLogger("g2i_fed.site")
+
+
+class SiteDataMissing(FileNotFoundError):
+    """A deployed SuperNode's ``data-path`` names no folder."""
 
 
 def site_data_path(node_config: Mapping[str, Any], data_root: str) -> Path:
@@ -14,10 +23,37 @@ def site_data_path(node_config: Mapping[str, Any], data_root: str) -> Path:
     simulation each node has a ``partition-id`` that names ``<data_root>/site-<id>``.
     """
     if "data-path" in node_config:
-        return Path(str(node_config["data-path"]))
+        path = Path(str(node_config["data-path"])).expanduser()
+        if not path.is_dir():
+            raise SiteDataMissing(
+                f"data-path {path} is not a folder on this SuperNode; start it with "
+                "--node-config 'data-path=\"/path/to/site\"' naming the site's data folder "
+                "(clinical.csv, genotypes.*, mri/)"
+            )
+        return path
     if "partition-id" in node_config:
         return Path(data_root) / f"site-{int(node_config['partition-id'])}"
     raise KeyError(
         "this node has no 'data-path' in its node config; start the SuperNode with "
         "--node-config 'data-path=\"/path/to/site\"'"
     )
+
+
+def simulated_site_path(
+    node_config: Mapping[str, Any], data_root: str, cohort: CohortConfig, seed: int
+) -> Path:
+    """A simulated node's site folder, absolute: ``<data_root>/site-<id>`` when it holds a
+    site, otherwise this node's partition of the synthetic cohort (``cohort`` with at least
+    ``num-partitions`` sites, ``seed``), generated once into the cohort cache."""
+    from simulations.partition import cohort_for_partitions, ensure_partition
+
+    path = site_data_path(node_config, data_root).expanduser().resolve()
+    if (path / "clinical.csv").exists():
+        return path
+    partition = int(node_config["partition-id"])
+    n = int(node_config.get("num-partitions", partition + 1))
+    cfg = cohort_for_partitions(cohort, max(n, partition + 1))
+    site = ensure_partition(cfg, seed, partition)
+    log.info("site-%d: %s has no site data; using the synthetic partition %s", partition,
+             path, site)
+    return site

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import shutil
+from collections.abc import Collection
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -173,17 +174,28 @@ def _render_all(jobs: list[tuple], workers: int) -> dict[str, dict[str, float]]:
 
 
 def simulate_cohort(
-    cfg: CohortConfig, output_dir: str | Path, seed: int = 0, overwrite: bool = False
+    cfg: CohortConfig,
+    output_dir: str | Path,
+    seed: int = 0,
+    overwrite: bool = False,
+    sites: Collection[int] | None = None,
 ) -> Path:
     """Generate the cohort under ``output_dir``; returns the path of ``cohort.json``.
 
     Deterministic: the same config and seed give the same bytes. An existing cohort made
     with the same config and seed is kept as it is; a different one needs ``overwrite``.
+
+    ``sites``: write only these site folders (each site's random stream is its own, so a
+    site's files are the bytes the whole cohort would hold) and no truth folder; each gets
+    a ``site.json`` (config, seed, index) and the path of the first one's is returned. A
+    simulated federation node generates its own partition this way
+    (``simulations.partition``).
     """
     out = Path(output_dir)
     manifest_path = out / "cohort.json"
     config_dict = asdict(cfg)
-    if manifest_path.exists() and not overwrite:
+    only = None if sites is None else {int(k) for k in sites}
+    if only is None and manifest_path.exists() and not overwrite:
         old = json.loads(manifest_path.read_text())
         if old.get("config") == config_dict and old.get("seed") == seed:
             return manifest_path
@@ -191,7 +203,7 @@ def simulate_cohort(
             f"{out} holds a cohort made with another config or seed; pass overwrite=true "
             "or choose another output_dir"
         )
-    if out.exists() and overwrite:
+    if only is None and out.exists() and overwrite:
         for child in [*out.glob("site-*"), out / "truth", manifest_path]:
             if child.is_dir():
                 shutil.rmtree(child)
@@ -199,6 +211,8 @@ def simulate_cohort(
                 child.unlink()
     if cfg.n_sites < 1:
         raise ValueError("cohort.n_sites must be at least 1")
+    if only is not None and (not only or not only <= set(range(cfg.n_sites))):
+        raise ValueError(f"sites={sorted(only)}: choose among 0..{cfg.n_sites - 1}")
 
     ss = np.random.SeedSequence(seed)
     snp_ss, moments_ss, *site_ss = ss.spawn(2 + cfg.n_sites)
@@ -216,6 +230,8 @@ def simulate_cohort(
     if cfg.write_mri:
         shape, grid_affine = anatomy.output_grid(cfg.voxel_size_mm, anatomy.load_template_fields())
     for k in range(cfg.n_sites):
+        if only is not None and k not in only:
+            continue  # each site's stream is its own: skipping one changes no other
         pop_rng, qc_rng, array_rng, anat_rng = (
             np.random.default_rng(s) for s in site_ss[k].spawn(4)
         )
@@ -284,6 +300,10 @@ def simulate_cohort(
             )
 
     measures = _render_all(jobs, cfg.workers) if cfg.write_mri else {}
+    if only is not None:
+        for k in sorted(only):
+            _dump(site_dir(out, k) / "site.json", {"seed": seed, "site": k, "config": config_dict})
+        return site_dir(out, min(only)) / "site.json"
     truth = out / "truth"
     truth.mkdir(parents=True, exist_ok=True)
     subj = pd.DataFrame(subjects)

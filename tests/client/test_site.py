@@ -10,8 +10,8 @@ from client.site import site_data_path
 from preprocessing.census import site_census
 
 
-def test_site_path_from_node_config() -> None:
-    assert site_data_path({"data-path": "/data/site-a"}, "ignored") == Path("/data/site-a")
+def test_site_path_from_node_config(tmp_path: Path) -> None:
+    assert site_data_path({"data-path": str(tmp_path)}, "ignored") == tmp_path
     assert site_data_path({"partition-id": 2, "num-partitions": 3}, "/c") == Path("/c/site-2")
     with pytest.raises(KeyError, match="data-path"):
         site_data_path({}, "/c")
