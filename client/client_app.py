@@ -22,6 +22,7 @@ from client import task
 from client.audit import audit_mod
 from client.errors import sanitising_mod
 from client.policy import ReleaseRefused, SiteRuntime, compose, site_privacy
+from client.site import set_site_threads
 from conf import to_object
 from conf.schema import DataConfig
 from contract.messages import (
@@ -54,6 +55,7 @@ class NonFiniteUpdate(FloatingPointError):
 
 
 def _setup(context: Context) -> tuple[DictConfig, SiteRuntime, task.Site]:
+    set_site_threads(context.node_config)
     cfg, runtime = compose(dict(context.run_config), dict(context.node_config), context.run_id)
     site = task.resolve_site(
         runtime.data_dir,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -57,3 +58,44 @@ def simulated_site_path(
     log.info("site-%d: %s has no site data; using the synthetic partition %s", partition,
              path, site)
     return site
+
+
+def site_threads(node_config: Mapping[str, Any], cpus: int | None = None) -> int:
+    """Torch threads for this node: ``num-threads`` from the node config, else its CPU share.
+
+    A simulated node gets its CPUs from Ray (``client-resources-num-cpus``, read from the
+    actor's assigned resources), else ``cpus // num-partitions``; torch's default (every
+    core) would make the nodes sharing a machine oversubscribe it. A deployed node without
+    ``num-threads`` uses all of ``cpus``.
+    """
+    cpus = cpus or os.cpu_count() or 1
+    if "num-threads" in node_config:
+        return max(1, int(node_config["num-threads"]))
+    if "data-path" in node_config or "partition-id" not in node_config:
+        return cpus
+    assigned = _ray_cpus()
+    if assigned:
+        return max(1, int(assigned))
+    return max(1, cpus // max(1, int(node_config.get("num-partitions", 1))))
+
+
+def _ray_cpus() -> float:
+    """The CPUs Ray assigned to this worker, 0 outside Ray."""
+    try:
+        import ray
+
+        if not ray.is_initialized():
+            return 0.0
+        return float(ray.get_runtime_context().get_assigned_resources().get("CPU", 0.0))
+    except Exception:  # no Ray, or not inside a worker: fall back on the partition share
+        return 0.0
+
+
+def set_site_threads(node_config: Mapping[str, Any]) -> int:
+    """Apply ``site_threads`` to torch (once per process is enough; cheap to repeat)."""
+    import torch
+
+    n = site_threads(node_config)
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return n

@@ -94,3 +94,13 @@ def test_census_counts_missing_scans(cohort_dir: Path, tmp_path: Path) -> None:
     counts = site_census(site)
     assert counts["n-scans"] == counts["n-subjects"] - 1
     assert counts["n-complete"] == counts["n-subjects"] - 1
+
+
+def test_site_threads_follow_the_cpu_share() -> None:
+    from client.site import site_threads
+
+    # Three simulated nodes on 2 cores, no Ray in this process: one thread each.
+    assert site_threads({"partition-id": 0, "num-partitions": 3}, cpus=2) == 1
+    assert site_threads({"partition-id": 0, "num-partitions": 2}, cpus=8) == 4
+    assert site_threads({"partition-id": 0, "num-threads": 3}, cpus=8) == 3
+    assert site_threads({"data-path": "/x"}, cpus=8) == 8
