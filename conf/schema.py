@@ -260,6 +260,10 @@ class FederationConfig:
     min_sites: int = 2
     fraction_train: float = 1.0
     fraction_evaluate: float = 1.0
+    # Which rounds send the global model out again for validation: every N-th round and the
+    # last of each phase (0: the last only). Each evaluation is a second download of the
+    # weights the sites just received (benchmarks/bytes_per_round.py).
+    evaluate_every: int = 0
     proximal_mu: float = 0.0
     server_lr: float = 1e-2
     # Synthetic slices generated per diagnosis after training and shared with the sites.
@@ -283,7 +287,7 @@ class EvaluationConfig:
     """Image metrics, genotype-effect recovery, downstream classifier, memorisation audit."""
 
     # Features for FID / KID and the feature-space memorisation audit: "in_domain" (a small
-    # CNN trained on the real training slices, see g2i_models.features) or "inception"
+    # CNN trained on the real training slices, see g2i_eval.features) or "inception"
     # (Inception-v3; needs ``inception_weights``, a torchvision state-dict file).
     feature_extractor: str = "in_domain"
     inception_weights: str = ""

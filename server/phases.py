@@ -10,6 +10,8 @@ import json
 import logging
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,6 +90,7 @@ class Federation:
     names: dict[int, str] = field(default_factory=dict)
     active: list[int] = field(default_factory=list)
     results: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per phase
 
     def ask(
         self, query: Query, content: RecordDict | None = None, nodes: list[int] | None = None
@@ -121,6 +124,38 @@ class Federation:
             raise TooFewSitesError(
                 f"{stage}: {len(self.active)} sites left, federation.min_sites={minimum}"
             )
+
+
+@contextmanager
+def timed(fed: Federation, phase: str) -> Iterator[None]:
+    """Add the wall time of the block to ``fed.timings[phase]`` and print it."""
+    t0 = time.monotonic()
+    try:
+        yield
+    finally:
+        seconds = time.monotonic() - t0
+        fed.timings[phase] = fed.timings.get(phase, 0.0) + seconds
+        print(f"[{phase}] done in {seconds:.1f} s", flush=True)
+
+
+def summary_lines(fed: Federation, metrics: dict[str, Any], total_s: float) -> list[str]:
+    """The run's closing lines: time per phase, and where the results are."""
+    out = Path(fed.cfg.run_dir).resolve()
+    lines = [f"G2I-Fed run finished in {total_s:.0f} s: sites {metrics['sites']}, "
+             f"failures {dict(metrics['failures']) or 'none'}"]
+    lines += [f"  {phase:<22} {seconds:7.1f} s" for phase, seconds in fed.timings.items()]
+    ae = metrics["last_round_site_metrics"].get("ae", {})
+    psnr = [m["val-psnr"] for m in ae.values() if "val-psnr" in m]
+    if psnr:
+        lines.append(f"  autoencoder val PSNR  {np.mean(psnr):.2f} dB (mean over sites)")
+    lines += [
+        f"  run folder: {out}",
+        f"  model: {out / 'model'}",
+        f"  synthetic grid: {out / 'synthetic' / 'grid.png'} (real vs synthetic: "
+        f"{out / 'real_vs_synthetic.png'})",
+        f"  metrics: {out / 'metrics.json'}",
+    ]
+    return lines
 
 
 def wait_for_nodes(grid: Grid, min_nodes: int, timeout_s: float = 120.0) -> list[int]:
@@ -239,12 +274,18 @@ def run_rounds(
     restore_strategy_state(inner, run.load_strategy_state(phase), arrays)
     strategy = GuardedStrategy(inner, int(cfg.federation.min_sites), phase, fed.names)
     strategy.round_offset = done
+    strategy.num_rounds = rounds - done
+    strategy.evaluate_every = int(cfg.federation.evaluate_every)
+    started = [time.monotonic()]
 
     def checkpoint(server_round: int, record: ArrayRecord) -> MetricRecord | None:
         if server_round > 0:
             run.checkpoint(phase, done + server_round, from_record(record), strategy_state(inner))
             if strategy.rounds:
                 run.log_round(strategy.rounds[-1])
+                seconds = time.monotonic() - started[0]
+                print(round_line(strategy.rounds[-1], rounds, len(fed.active), seconds), flush=True)
+        started[0] = time.monotonic()
         return None
 
     # Sites derive their random streams from (run seed, site, phase, round): the offset keeps
@@ -263,6 +304,20 @@ def run_rounds(
         run.log_round(strategy.rounds[-1])  # the stopped round, naming the sites that failed
         raise
     return from_record(result.arrays)
+
+
+def round_line(entry: RoundLog, rounds: int, n_sites: int, seconds: float) -> str:
+    """One progress line: phase, round, sites answered, mean train loss, validation, time."""
+    metrics = entry.site_metrics.values()
+    losses = [m["loss"] for m in metrics if "loss" in m]
+    loss = f"loss {np.mean(losses):.4f}" if losses else "loss -"
+    val_key = "val-psnr" if entry.phase == Phase.AE else "val-mse"
+    vals = [m[val_key] for m in metrics if val_key in m]
+    val = f", {val_key} {np.mean(vals):.4g}" if vals else ""
+    return (
+        f"[{entry.phase} round {entry.round}/{rounds}] {len(losses)}/{n_sites} sites, "
+        f"{loss}{val}, {seconds:.1f} s"
+    )
 
 
 def run_latent_scale(
@@ -387,6 +442,7 @@ def write_report(fed: Federation, scale: float) -> dict[str, Any]:
         "memorisation": fed.results["memorisation"],
         "failures": failures_by_site(rounds),
         "privacy": {"mode": str(privacy.mode), "delta": privacy.delta},
+        "timings_s": {k: round(v, 1) for k, v in fed.timings.items()},
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     run.set(finished=True)

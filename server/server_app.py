@@ -12,6 +12,9 @@ checkpointed with the server optimiser's state; rerunning a run folder resumes i
 
 from __future__ import annotations
 
+import time
+from typing import Any
+
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
@@ -31,6 +34,8 @@ from server.phases import (
     run_rounds,
     run_synthetic_evaluation,
     site_evaluations,
+    summary_lines,
+    timed,
     write_report,
 )
 from server.run_state import RunState
@@ -49,16 +54,32 @@ def main(grid: Grid, context: Context) -> None:
     check_config(cfg)
     seed_everything(cfg.seed)
     fed = Federation(grid, cfg, RunState(cfg.run_dir))
-    run_census(fed)
-    prepared = run_prepare(fed, run_federated_qc(fed))
-    config = base_round(fed, prepared)
-    ae = run_rounds(fed, Phase.AE, initial_weights(fed, Phase.AE), config)
-    scale = run_latent_scale(fed, ae, config)
-    config.scale = scale
-    ldm = run_rounds(fed, Phase.LDM, initial_weights(fed, Phase.LDM), config)
-    run_synthetic_evaluation(fed, run_generation(fed, ae, ldm, scale))
-    metrics = write_report(fed, scale)
-    print(
-        f"G2I-Fed run finished: {cfg.run_dir} (sites {metrics['sites']}, "
-        f"failures {list(metrics['failures'])})"
-    )
+    t0 = time.monotonic()
+    try:
+        metrics = run_phases(fed)
+    except Exception as exc:
+        # `flwr run` exits 0 whatever happens here: the last thing the log says is this.
+        print(f"G2I-Fed run FAILED after {time.monotonic() - t0:.0f} s: "
+              f"{type(exc).__name__}: {exc}", flush=True)
+        raise
+    print("\n".join(summary_lines(fed, metrics, time.monotonic() - t0)), flush=True)
+
+
+def run_phases(fed: Federation) -> dict[str, Any]:
+    """The phases in order; returns metrics.json's content."""
+    with timed(fed, "census + QC + prepare"):
+        run_census(fed)
+        prepared = run_prepare(fed, run_federated_qc(fed))
+        config = base_round(fed, prepared)
+    with timed(fed, "autoencoder"):
+        ae = run_rounds(fed, Phase.AE, initial_weights(fed, Phase.AE), config)
+    with timed(fed, "latent scale"):
+        scale = run_latent_scale(fed, ae, config)
+        config.scale = scale
+    with timed(fed, "LDM"):
+        ldm = run_rounds(fed, Phase.LDM, initial_weights(fed, Phase.LDM), config)
+    with timed(fed, "generation"):
+        synthetic = run_generation(fed, ae, ldm, scale)
+    with timed(fed, "site evaluation"):
+        run_synthetic_evaluation(fed, synthetic)
+    return write_report(fed, scale)

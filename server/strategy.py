@@ -143,6 +143,9 @@ class GuardedStrategy(fl.Strategy):
         self.names = names or {}
         self.rounds: list[RoundLog] = []
         self.round_offset = 0  # rounds done before a resume
+        # Rounds of this start() and which of them evaluate (FederationConfig.evaluate_every).
+        self.num_rounds = 0
+        self.evaluate_every = 0
         self._sent: list[Message] = []  # this round's messages, to name who failed
 
     def _name(self, node_id: int) -> str:
@@ -160,9 +163,19 @@ class GuardedStrategy(fl.Strategy):
     ) -> Iterable[Message]:
         return self._keep(self.inner.configure_train(server_round, arrays, config, grid))
 
+    def evaluates(self, server_round: int) -> bool:
+        """Whether ``server_round`` (of this start()) sends the model out for validation:
+        the last round, and every ``evaluate_every``-th of the phase when that is > 0."""
+        if self.num_rounds and server_round >= self.num_rounds:
+            return True
+        every, n = self.evaluate_every, server_round + self.round_offset
+        return not self.num_rounds or (every > 0 and n % every == 0)
+
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        if not self.evaluates(server_round):
+            return self._keep([])
         return self._keep(self.inner.configure_evaluate(server_round, arrays, config, grid))
 
     def aggregate_train(
