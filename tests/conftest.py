@@ -43,3 +43,20 @@ def cohort_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("cohort")
     simulate_cohort(small_cohort_config(), out, seed=11)
     return out
+
+
+# Whole modules that run a federation, a study or a deployment (Flower processes, minutes
+# each on 2 CPU cores): marked ``slow`` so ``pytest -m "not slow"`` is the quick loop.
+SLOW_MODULES = (
+    "tests/server/test_federation.py",
+    "tests/studies/",
+    "tests/deployment/",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    root = Path(str(config.rootpath))
+    for item in items:
+        where = Path(str(item.path)).resolve().relative_to(root).as_posix()
+        if where.startswith(SLOW_MODULES):
+            item.add_marker(pytest.mark.slow)
