@@ -40,7 +40,12 @@ import g2i_models.baseline as baseline
 from conf.loader import load_config, to_object
 from g2i_models.datasets import load_datasets
 from g2i_models.pipeline import library_versions
-from studies.federation import BIN, REPO, stop_local_superlink
+from studies.federation import (  # noqa: E402
+    BIN,
+    REPO,
+    private_superlink_env,
+    stop_local_superlink,
+)
 
 STAMP = re.compile(r"^(\d\d/\d\d/\d{4} \d\d:\d\d:\d\d):(?:INFO|DEBUG|WARNING):(.*)$")
 
@@ -60,12 +65,7 @@ def run_federation(
         "--run-config", run_config,
         "--federation-config", f"num-supernodes={sites} client-resources-num-cpus=1",
     ]  # fmt: skip
-    env = {
-        **os.environ,
-        "PATH": f"{BIN}:{os.environ.get('PATH', '')}",
-        "FLWR_HOME": str(home),
-        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-    }
+    env = private_superlink_env(home)
     events: list[tuple[datetime, str]] = []
     log = (tmp / "flwr_run.log").open("w")
     start_wall, start = datetime.now(), time.perf_counter()

@@ -1,7 +1,8 @@
 """Run the G2I-Fed Flower app with Flower's Simulation Engine (``flwr run .``) from Python.
 
 The study driver, the benchmarks and the tests start federations this way: the same
-command as the quick start, with a private ``FLWR_HOME`` so runs do not share a SuperLink.
+command as the quick start, with a private ``FLWR_HOME`` and private SuperLink ports, so
+runs (a study next to a test, two tests) never share a SuperLink.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -37,17 +39,33 @@ def stop_local_superlink(flwr_home: Path) -> None:
                 pass
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def private_superlink_env(flwr_home: Path) -> dict[str, str]:
+    """Environment for ``flwr run`` whose local SuperLink is this run's own: ports of its own
+    (Flower's defaults, 39091 / 39093, are shared by every FLWR_HOME on the machine, so a
+    second federation would submit its run to the first one's SuperLink)."""
+    return {
+        **os.environ,
+        "PATH": f"{BIN}:{os.environ.get('PATH', '')}",
+        "FLWR_HOME": str(flwr_home),
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(free_port()),
+        "FLWR_LOCAL_CONTROL_API_PORT": str(free_port()),
+    }
+
+
 def flwr_run(
     flwr_home: Path, run_config: str, num_nodes: int, timeout: int = 600
 ) -> subprocess.CompletedProcess[str]:
     """``flwr run . --stream`` with ``num_nodes`` simulated SuperNodes (1 CPU each)."""
     flwr_home.mkdir(parents=True, exist_ok=True)
-    env = {
-        **os.environ,
-        "PATH": f"{BIN}:{os.environ.get('PATH', '')}",
-        "FLWR_HOME": str(flwr_home),
-        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-    }
+    env = private_superlink_env(flwr_home)
     try:
         return subprocess.run(
             [
