@@ -30,25 +30,27 @@ import os
 import sys
 import tempfile
 from collections.abc import Iterable, Mapping
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.common.serde import message_to_proto
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 from flwr.supercore.task_identity import TaskIdentity
 
 from client import task
-from client.records import to_record
 from conf.loader import load_config, to_object
+from contract.messages import CensusReply, QCCountsReply, QCDecision
+from contract.wire import to_record, to_wire
 from g2i_models.autoencoder import build_autoencoder, latent_size
 from g2i_models.pipeline import library_versions
 from g2i_models.synthetic import sample_profiles
 from g2i_models.unet import build_denoiser
 from preprocessing.census import site_census
-from preprocessing.federated_qc import SiteCounts, federated_variant_qc, site_counts
+from preprocessing.federated_qc import federated_variant_qc, site_counts
 from server.strategy import build_strategy
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -120,31 +122,26 @@ def qc_messages(
     counts and keep-list are those of a generated array-scale site (``n_samples`` x
     ``n_snps``, chr1-22 + X, case/control, as in benchmarks/qc_vs_plink.py)."""
     site_dirs = sorted(p for p in cohort.glob("site-*") if p.is_dir())
-    counts = [task.qc_counts(task.Site(d, d, d), qc) for d in site_dirs]
-    decision = task.decision_to_arrays(
-        federated_variant_qc([SiteCounts.from_arrays(c) for c in counts], qc)
-    )
-    arrays, keep = counts[0], decision
+    counts = [task.qc_counts(task.Site(d, d, d), qc)[0] for d in site_dirs]
+    first = counts[0]
+    decision = federated_variant_qc(counts, qc)
     if n_snps > 0:
         with tempfile.TemporaryDirectory(prefix="qc-bytes-") as tmp:
             make_fileset(Path(tmp) / "site", n_samples, n_snps)
-            arrays = site_counts(Path(tmp) / "site", qc).to_arrays()
-        keep = task.decision_to_arrays(federated_variant_qc([SiteCounts.from_arrays(arrays)], qc))
+            first = site_counts(Path(tmp) / "site", qc)
+        decision = federated_variant_qc([first], qc)
     census = instruction(RecordDict(), "query.census")
     qc_query = instruction(RecordDict(), "query.qc_counts")
-    prepare = instruction(RecordDict({"decision": to_record(keep)}), "query.prepare")
-    site_name = ConfigRecord({"name": site_dirs[0].name})
+    prepare = instruction(QCDecision(decision).to_record(), "query.prepare")
+    census_reply = CensusReply(site_dirs[0].name, site_census(site_dirs[0]))
     msgs = {
         "census down": census,
-        "census up": reply(
-            RecordDict({"census": MetricRecord(site_census(site_dirs[0])), "site": site_name}),
-            census,
-        ),
+        "census up": reply(census_reply.to_record(), census),
         "QC counts down": qc_query,
-        "QC counts up": reply(RecordDict({"counts": to_record(arrays)}), qc_query),
+        "QC counts up": reply(QCCountsReply(first, asdict(qc)).to_record(), qc_query),
         "QC keep-list down": prepare,
     }
-    return msgs, int(np.sum(arrays["chrom-runs"][1]))
+    return msgs, int(np.sum(first.to_arrays()["chrom-runs"][1]))
 
 
 def prepare_reply(prepare: Message, panel: list[str]) -> Message:
@@ -163,17 +160,27 @@ def prepare_reply(prepare: Message, panel: list[str]) -> Message:
     )
 
 
-def measure(experiment: str, cohort: Path, qc_snps: int, qc_samples: int) -> dict[str, Any]:
+def measure(
+    experiment: str,
+    cohort: Path,
+    qc_snps: int,
+    qc_samples: int,
+    wire_dtype: str = "float16",
+    evaluate_every: int | None = None,
+) -> dict[str, Any]:
     cfg = load_config(experiment, f"data.root={cohort}")
     model_cfg, data = to_object(cfg.model), to_object(cfg.data)
     fed, privacy = to_object(cfg.federation), to_object(cfg.privacy)
+    if evaluate_every is not None:
+        fed = replace(fed, evaluate_every=evaluate_every)
+    dtype = getattr(torch, wire_dtype)
     panel = json.loads((cohort / "prepared" / "site-0" / "prepared" / "manifest.json").read_text())[
         "snp_names"
     ]
     ae = build_autoencoder(model_cfg, data.image_size)
-    ae_weights = task.to_wire(ae.state_dict())
+    ae_weights = to_wire(ae.state_dict(), dtype)
     denoiser = build_denoiser(model_cfg, len(panel), latent_size(ae), panel)
-    ldm_weights = task.to_wire(denoiser.state_dict())
+    ldm_weights = to_wire(denoiser.state_dict(), dtype)
     base = {"panel": panel, "seed": cfg.seed, "total-dp-steps": 0}
 
     msgs: dict[str, Message] = {}
@@ -223,11 +230,16 @@ def measure(experiment: str, cohort: Path, qc_snps: int, qc_samples: int) -> dic
         RecordDict({"stored": MetricRecord({"n-images": 3 * n})}), synthetic
     )
     rows = {name: sizes(m) for name, m in msgs.items()}
+    # A round always trains; it evaluates on the phase's last round and every
+    # federation.evaluate_every-th: per round, the evaluate messages count by that share.
     per_round = {}
     for phase in ("AE", "LDM"):
+        n = fed.rounds_ae if phase == "AE" else fed.rounds_ldm
+        every = fed.evaluate_every
+        share = len({r for r in range(1, n + 1) if r == n or (every and r % every == 0)}) / n
         for direction in ("down", "up"):
             per_round[f"{phase} round {direction}"] = sum(
-                v["wire"]
+                v["wire"] * (share if ": evaluate " in k else 1.0)
                 for k, v in rows.items()
                 if k.startswith(f"{phase} round") and k.endswith(direction)
             )
@@ -242,6 +254,8 @@ def measure(experiment: str, cohort: Path, qc_snps: int, qc_samples: int) -> dic
         "messages": rows,
         "per_round_wire": per_round,
         "rounds": {"ae": fed.rounds_ae, "ldm": fed.rounds_ldm},
+        "wire_dtype": wire_dtype,
+        "evaluate_every": fed.evaluate_every,
     }
 
 
@@ -287,14 +301,27 @@ def main() -> None:
         "default --out benchmarks/results/bytes_per_round_qc.json",
     )
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(
+        "--wire-dtype", choices=["float16", "float32"], default="float16",
+        help="weights' dtype on the wire (float32: the scheme before float16)",
+    )
+    parser.add_argument(
+        "--evaluate-every", type=int, default=None,
+        help="override federation.evaluate_every (1: every round evaluates, as before)",
+    )
     args = parser.parse_args()
     # The IDs a ServerApp/ClientApp process gets from its runtime; they only fill metadata.
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, SERVER_NODE, 1
     cohort = args.cohort.resolve()
     name = "bytes_per_round_qc.json" if args.qc_only else "bytes_per_round.json"
     args.out = args.out or Path("benchmarks/results") / name
-    run = measure_qc if args.qc_only else measure
-    results = [run(e, cohort, args.qc_snps, args.qc_samples) for e in args.experiments]
+    if args.qc_only:
+        results = [measure_qc(e, cohort, args.qc_snps, args.qc_samples) for e in args.experiments]
+    else:
+        results = [
+            measure(e, cohort, args.qc_snps, args.qc_samples, args.wire_dtype, args.evaluate_every)
+            for e in args.experiments
+        ]
     names = list(results[0]["messages"])
     head = " | ".join(f"{r['experiment']} wire MB | {r['experiment']} proto MB" for r in results)
     print("MB = 10^6 bytes, per site; rounds are per round, the rest once per run")

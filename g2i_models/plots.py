@@ -74,3 +74,36 @@ def save_loss_curves(
     fig.savefig(png_path, dpi=100)
     plt.close(fig)
     return csv_path, png_path
+
+
+def save_real_vs_synthetic(
+    real: torch.Tensor,
+    real_labels: torch.Tensor,
+    synthetic: torch.Tensor,
+    synthetic_labels: torch.Tensor,
+    path: str | Path,
+    per_class: int = 4,
+    class_names: Sequence[str] = CLASS_NAMES,
+) -> Path:
+    """One row per class: ``per_class`` real slices on the left, as many synthetic ones on
+    the right (images (B, 1, H, W) in [0, 1]) -> PNG at ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(
+        len(class_names), 2 * per_class, figsize=(1.3 * 2 * per_class, 1.45 * len(class_names)),
+        squeeze=False,
+    )
+    for k, name in enumerate(class_names):
+        sides = (real[real_labels == k][:per_class], synthetic[synthetic_labels == k][:per_class])
+        for side, images in enumerate(sides):
+            for j in range(per_class):
+                ax = axes[k, side * per_class + j]
+                ax.axis("off")
+                if j < len(images):
+                    ax.imshow(images[j, 0].float().cpu().numpy(), cmap="gray", vmin=0.0, vmax=1.0)
+        axes[k, 0].set_title(f"{name} real", loc="left", fontsize=8)
+        axes[k, per_class].set_title(f"{name} synthetic", loc="left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

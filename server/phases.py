@@ -377,6 +377,9 @@ def run_generation(
         data.slice_z_mm,
         {"profiles": "drawn per SNP from pooled per-diagnosis genotype counts"},
     )
+    # The images as arrays too, for the real-vs-synthetic grid (scripts/real_vs_synthetic.py).
+    np.savez_compressed(out / "synthetic" / "images.npz", images=images.numpy(),
+                        labels=labels.numpy())
     return SyntheticSet(images.numpy(), labels.numpy(), genotypes.numpy(), panel)
 
 
