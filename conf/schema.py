@@ -240,8 +240,15 @@ class TrainConfig:
     # runs both use the raw weights.
     ema: bool = False
     ema_decay: float = 0.999
-    # "auto" = bf16 autocast on CUDA, fp32 elsewhere; "bf16" or "no" to force.
+    # "auto" = bf16 autocast on CUDA (fp16 with loss scaling where bf16 is unsupported), fp32
+    # elsewhere; "bf16", "fp16" or "no" to force.
     mixed_precision: str = "auto"
+    # Channels-last inputs of the convolutional networks, and torch.compile of the
+    # autoencoder's encoder / decoder and the UNet (eager when compilation fails; never under
+    # DP-SGD, whose per-sample hooks need the eager modules): GPU speed-ups, off by default.
+    channels_last: bool = False
+    compile: bool = False
+    compile_backend: str = "inductor"
     device: str = "auto"
     num_workers: int = 0
     # Batches used to estimate the latent scale factor 1/std(z).

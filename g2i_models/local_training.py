@@ -36,6 +36,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from conf.schema import PrivacyConfig, TrainConfig
 from g2i_models.autoencoder import PatchDiscriminator
+from g2i_models.device import prepare_for_training
 from g2i_models.privacy import (
     PrivacyLedger,
     finish_private,
@@ -168,6 +169,7 @@ def train_local(
     loader = make_loader(dataset, cfg.batch_size, seed)
     reference = snapshot(model) if proximal_mu > 0 else None
     model.to(device).train()
+    prepare_for_training(cfg, model, ae, private=dp)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
     opt_path = _optimizer_path(state_dir, phase)
     restored = _restore_optimizer(opt, opt_path)

@@ -33,7 +33,7 @@ from g2i_models.autoencoder import (
     encode_latents,
     hinge_d_loss,
 )
-from g2i_models.device import autocast, seed_everything
+from g2i_models.device import autocast, autocast_dtype, seed_everything
 from g2i_models.diffusion import diffusion_loss, diffusion_target
 
 Batch = Mapping[str, Any]
@@ -118,18 +118,36 @@ def _run(
     return metrics
 
 
+def grad_scaler(
+    device: torch.device, mixed_precision: str, optimizer: torch.optim.Optimizer
+) -> torch.amp.GradScaler:
+    """Loss scaling for fp16 autocast, whose small gradients underflow; bf16 and fp32 need
+    none (a disabled scaler is a no-op). Not with DP-SGD, whose optimiser clips per sample."""
+    fp16 = autocast_dtype(device, mixed_precision) == torch.float16
+    enabled = fp16 and not isinstance(optimizer, DPOptimizer)
+    return torch.amp.GradScaler(device.type, enabled=enabled)
+
+
 def _optimise(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     loss: torch.Tensor,
     grad_clip: float,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> None:
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    scaled = scaler is not None and scaler.is_enabled()
+    (scaler.scale(loss) if scaled else loss).backward()
     # DP-SGD clips per sample inside the optimiser; clipping the sum again would bias it.
     if grad_clip > 0 and not isinstance(optimizer, DPOptimizer):
+        if scaled:
+            scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    optimizer.step()
+    if scaled:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
 
 
 def train_autoencoder(
@@ -166,6 +184,8 @@ def train_autoencoder(
     if discriminator is not None and cfg.adv_weight > 0:
         discriminator.to(device).train()
         opt_d = torch.optim.AdamW(discriminator.parameters(), lr=cfg.lr_ae, betas=(0.5, 0.9))
+    scaler = grad_scaler(device, cfg.mixed_precision, opt)
+    scaler_d = None if opt_d is None else grad_scaler(device, cfg.mixed_precision, opt_d)
     done = 0
 
     def step(batch: Batch) -> dict[str, float]:
@@ -180,11 +200,11 @@ def train_autoencoder(
                 parts["g_adv"] = g_loss.item()
             if reference is not None and proximal_mu > 0:
                 loss = loss + proximal_term(ae, reference, proximal_mu)
-        _optimise(ae, opt, loss, cfg.grad_clip)
+        _optimise(ae, opt, loss, cfg.grad_clip, scaler)
         if adversarial:
             with autocast(device, cfg.mixed_precision):
                 d_loss = hinge_d_loss(discriminator(2 * x - 1), discriminator(recon.detach()))
-            _optimise(discriminator, opt_d, d_loss, cfg.grad_clip)
+            _optimise(discriminator, opt_d, d_loss, cfg.grad_clip, scaler_d)
             parts["d_adv"] = d_loss.item()
         if ema is not None:
             ema.step(ae.parameters())
@@ -234,6 +254,7 @@ def train_ldm(
     opt = optimizer or torch.optim.AdamW(
         denoiser.parameters(), lr=cfg.lr_ldm, weight_decay=cfg.weight_decay
     )
+    scaler = grad_scaler(device, cfg.mixed_precision, opt)
 
     def step(batch: Batch) -> dict[str, float]:
         x = batch["image"].to(device, non_blocking=True)
@@ -246,7 +267,7 @@ def train_ldm(
             loss = mse
             if reference is not None and proximal_mu > 0:
                 loss = loss + proximal_term(denoiser, reference, proximal_mu)
-        _optimise(denoiser, opt, loss, cfg.grad_clip)
+        _optimise(denoiser, opt, loss, cfg.grad_clip, scaler)
         if ema is not None:
             ema.step(denoiser.parameters())
         return {"loss": loss.item(), "mse": mse.item()}
