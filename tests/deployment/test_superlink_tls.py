@@ -44,7 +44,23 @@ BIN = Path(sys.executable).parent
 EXECUTABLES = ("flower-superlink", "flower-supernode", "flwr")
 SITES = ("site-0", "site-1")
 SUBJECTS_PER_SITE = 12
-PACKAGES = ("client", "server", "conf", "preprocessing", "g2i_models", "simulations")
+
+
+def _app_packages() -> list[str]:
+    """The project's packages, as pyproject's ``packages.find`` includes them."""
+    import fnmatch
+    import tomllib
+
+    config = tomllib.loads((REPO / "pyproject.toml").read_text())
+    patterns = config["tool"]["setuptools"]["packages"]["find"]["include"]
+    return sorted(
+        d.name
+        for d in REPO.iterdir()
+        if (d / "__init__.py").exists() and any(fnmatch.fnmatch(d.name, p) for p in patterns)
+    )
+
+
+PACKAGES = _app_packages()
 CENSUS_RUNS = 3
 
 pytestmark = pytest.mark.skipif(
