@@ -235,11 +235,11 @@ def run_study(root_cfg: Any, progress: bool = True) -> dict[str, Any]:
     results_path.write_text(
         json.dumps(to_jsonable({**results, "summary": summary}), indent=2) + "\n"
     )
-    results = {**results, "summary": summary}
+    # The table, plot and report read cells only; the summary is not one.
     write_table(results, out / "table.md")
     write_summary_plot(results, out / "summary.png")
     write_report(results, root_cfg, out)
-    return results
+    return {**results, "summary": summary}
 
 
 def _last_round_condition_use(run_dir: Path) -> dict[str, float] | None:

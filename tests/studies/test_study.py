@@ -47,11 +47,12 @@ def test_centralized_cells_get_the_federations_optimiser_steps() -> None:
         "federation.rounds_ae=2 federation.rounds_ldm=3 train.ae_epochs=4 train.ldm_epochs=5 "
         "train.max_steps_ae=10 train.max_steps_ldm=0",
     )
-    # AE: 2 rounds x 10 capped steps x 3 sites; LDM: uncapped, 3 rounds x 5 local epochs.
-    assert centralized_overrides(cfg, n_sites=3) == [
+    # Equal samples per site: AE 2 rounds x 10 capped steps (x 4 local epochs uncapped);
+    # LDM uncapped, 3 rounds x 5 local epochs.
+    assert centralized_overrides(cfg) == [
         "train.ae_epochs=8",
         "train.ldm_epochs=15",
-        "train.max_steps_ae=60",
+        "train.max_steps_ae=20",
     ]
 
 
@@ -115,9 +116,10 @@ def test_a_small_centralized_study_end_to_end(tmp_path) -> None:
     ]
     assert main(args) == 0
     results = json.loads((out / "results.json").read_text())
-    assert sorted(results) == [
-        f"centralized-{v}-{p}" for v in ("g2i_label_attn", "ldm_label") for p in ("dp_sgd", "none")
-    ]
+    summary = results.pop("summary")
+    grid = [(v, p) for v in ("g2i_label_attn", "ldm_label") for p in ("dp_sgd", "none")]
+    assert sorted(results) == [f"centralized-{v}-{p}" for v, p in grid]
+    assert sorted(summary) == [f"{v}/centralized/{p}" for v, p in grid]
     for name, entry in results.items():
         ev = entry["evaluation"]
         assert ev["image"]["fid_kid"]["fid"] >= 0, name
@@ -134,9 +136,9 @@ def test_a_small_centralized_study_end_to_end(tmp_path) -> None:
     assert table.count("| centralized |") >= 4
     report = (out / "report.md").read_text()
     assert "![summary](summary.png)" in report and (out / "summary.png").is_file()
+    # The grid's cells have folders, and nothing outside the grid (g2i, federated) was trained.
+    assert sorted(p.name for p in (out / "cells").iterdir()) == sorted(results)
     # A rerun finds every cell done and trains nothing.
-    stamp = (out / "cells" / "centralized-g2i-none").exists()
-    assert not stamp
     mtime = (out / "cells" / "centralized-ldm_label-none" / "model" / "model_index.json").stat()
     assert main(args) == 0
     after = (out / "cells" / "centralized-ldm_label-none" / "model" / "model_index.json").stat()
