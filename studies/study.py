@@ -236,7 +236,7 @@ def run_study(root_cfg: Any, progress: bool = True) -> dict[str, Any]:
         json.dumps(to_jsonable({**results, "summary": summary}), indent=2) + "\n"
     )
     # The table, plot and report read cells only; the summary is not one.
-    write_table(results, out / "table.md")
+    write_table(results, out / "table.md", summary)
     write_summary_plot(results, out / "summary.png")
     write_report(results, root_cfg, out)
     return {**results, "summary": summary}

@@ -1,0 +1,50 @@
+from studies.study import cell_summary, study_summary
+from studies.study_report import summary_markdown
+
+
+def _entry(variant: str, mode: str) -> dict:
+    return {
+        "variant": variant,
+        "mode": mode,
+        "privacy": "none",
+        "training": {"train_wall_s": 12.0, "metrics": {"ldm_val_shuffle_e4": 4e-5}},
+        "evaluation": {
+            "effect": {
+                "paired": {"ratio": 0.8, "ratio_ci_low": 0.6, "ratio_ci_high": 1.0},
+                "steps": {"0->1": 150.0, "1->2": 170.0},
+                "true_slope": 200.0,
+                "real": {"slope": 120.0, "ci_low": 40.0, "ci_high": 200.0},
+            },
+            "image": {"fid_kid": {"fid": 42.5}},
+            "dx_area_mm2": {
+                "generated": {"CN": 800.0, "MCI": 1100.0, "AD": 1600.0},
+                "real": {"CN": 850.0, "MCI": 1150.0, "AD": 1650.0},
+            },
+            "downstream": {
+                "real": {"accuracy": {"mean": 0.5}, "macro_f1": {"mean": 0.45}},
+                "augmented": {"accuracy": {"mean": 0.57}},
+                "gain_paired": {"accuracy": {"ci": [0.02, 0.12]}},
+            },
+            "memorisation": {"pixel": {"fraction_flagged": 0.03}},
+        },
+    }
+
+
+def test_summary_keys_and_values_come_from_the_cells() -> None:
+    results = {
+        "federated-g2i_plus-none": _entry("g2i_plus", "federated"),
+        "centralized-g2i_plus-none": _entry("g2i_plus", "centralized"),
+        "broken": {"variant": "ldm_label", "mode": "federated", "privacy": "none", "error": "x"},
+    }
+    summary = study_summary(results)
+    assert sorted(summary) == ["g2i_plus/centralized/none", "g2i_plus/federated/none"]
+    s = summary["g2i_plus/federated/none"]
+    assert s["e4_ratio"] == 0.8 and s["e4_ci"] == [0.6, 1.0]
+    assert s["fid"] == 42.5 and s["dx_area_mm2"]["AD"] == 1600.0
+    assert s["accuracy_real"] == 0.5 and s["accuracy_augmented"] == 0.57
+    assert s["gain_ci"] == [0.02, 0.12] and s["memorised"] == 0.03
+    assert s["e4_real_slope"] == 120.0 and s["e4_real_ci"] == [40.0, 200.0]
+    assert cell_summary(results["broken"])["e4_ratio"] is None
+    table = summary_markdown(summary)
+    assert "| g2i_plus/federated/none | 0.80 [0.60, 1.00] | 150 / 170 | 42.5 |" in table
+    assert "50.0 -> 57.0 | [2.0, 12.0] | 0.030 |" in table
