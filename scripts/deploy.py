@@ -312,6 +312,8 @@ def site_start(args: argparse.Namespace) -> None:
     node_config = f'data-path="{args.data_path.resolve()}"'
     if args.work_path:
         node_config += f' work-path="{args.work_path.resolve()}"'
+    if args.policy_file:  # the site's own limits (client/policy.py); defaults without it
+        node_config += f' policy-file="{args.policy_file.resolve()}"'
     log = state.log(args.name)
     offset = log.stat().st_size if log.exists() else 0
     proc = state.start(
@@ -390,6 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key", type=Path, required=True, help="this site's private key")
     p.add_argument("--data-path", type=Path, required=True)
     p.add_argument("--work-path", type=Path)
+    p.add_argument("--policy-file", type=Path, help="YAML of the site's policy (SitePolicy)")
     p.add_argument("--port", type=int, default=9094, help="local port for the ClientApp")
     p.add_argument("--wait", type=float, default=60.0, help="seconds to wait for connection")
     p = command(site, "stop", site_stop, "stop this site's SuperNode")

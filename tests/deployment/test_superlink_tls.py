@@ -140,6 +140,7 @@ class Deployment:
             "--key", str(self.certs / (key or site)),
             "--data-path", str(self.cohort / (site if site in SITES else SITES[0])),
             "--work-path", str(self.root / "work" / site),
+            "--policy-file", str(self.root / "policy.yaml"),
             "--port", str(_free_port()),
             check=check,
         )  # fmt: skip
@@ -207,6 +208,9 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     cohort = root / "cohort"
     _make_cohort(cohort)
     app = _census_app(root / "app")
+    # The sites' own policy: DP-SGD as by default, with a lifetime budget that the tiny
+    # cohort's few subjects do not exhaust in one run (this module is about the deployment).
+    (root / "policy.yaml").write_text("epsilon_budget: 100000.0\n")
     env = {
         **os.environ,
         "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
@@ -391,7 +395,6 @@ def test_full_pipeline_names_the_site_killed_mid_ldm_round(d: Deployment) -> Non
             f"data.root={d.cohort}",
             f"run_dir={run_dir}",
             "federation.min_sites=1",  # site-0 carries on without site-1
-            "privacy=none",  # a DP budget could stop site-0 too (this test is about the kill)
             "data.image_size=32",
             "federation.rounds_ae=1",
             "federation.rounds_ldm=1",
