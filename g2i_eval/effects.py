@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from g2i_eval.morphometry import measure, pixel_mm_for  # noqa: E402
-from g2i_models.pipeline import G2IPipeline, generate  # noqa: E402
+from g2i_models.pipeline import GENERATE_BATCH_SIZE, G2IPipeline, generate, image_seed  # noqa: E402
 
 CLASS_NAMES = ("CN", "MCI", "AD")
 # Names of the columns that encode APOE e4 in a panel: the e4 count and its defining SNP.
@@ -160,6 +160,7 @@ def effect_recovery(
     seed: int = 0,
     pixel_mm: float | None = None,
     progress: bool = False,
+    batch_size: int = GENERATE_BATCH_SIZE,
 ) -> dict[str, Any]:
     """Generated APOE e4 effect on ventricle area against the true one.
 
@@ -179,6 +180,8 @@ def effect_recovery(
         seed: sampling and bootstrap seed.
         pixel_mm: canvas pixel spacing; None = ``pixel_mm_for`` the generated size.
         progress: show the sampler's progress bar.
+        batch_size: images per sampler call (all conditions go through one batched
+            ``generate``; the images do not depend on it).
 
     Returns:
         ``slope``, ``ci_low``, ``ci_high``, ``n``, ``ratio``, ``ratio_ci_low``,
@@ -198,20 +201,30 @@ def effect_recovery(
             f"base_genotypes {tuple(base_genotypes.shape)} and labels {tuple(labels.shape)} "
             "must be (K, n_snps) and (K,)"
         )
-    images, e4s, dxs, seeds = [], [], [], []
+    genotypes, e4s, dxs, seeds, noise_seeds = [], [], [], [], []
     for dx in sorted(int(v) for v in torch.unique(labels)):
         bases = base_genotypes[labels == dx]
         picks = bases[torch.arange(n_samples) % bases.shape[0]]
         profiles = torch.stack([apoe_profiles(b, panel) for b in picks])  # (n, 3, n_snps)
         y = torch.full((n_samples,), dx, dtype=torch.long)
+        # Sample j of a diagnosis has the same noise at every e4 count (paired).
+        shared = [image_seed(seed + 1000 * dx, j) for j in range(n_samples)]
         for k, count in enumerate(E4_COUNTS):
-            x = generate(pipeline, profiles[:, k], y, seed=seed + 1000 * dx, progress=progress)
-            images.append(x.float().cpu())
+            genotypes.append(profiles[:, k])
             e4s.append(torch.full((n_samples,), count, dtype=torch.long))
             dxs.append(y)
             seeds.append(dx * n_samples + torch.arange(n_samples))
-    x_all = torch.cat(images)
+            noise_seeds.extend(shared)
     e4_all, dx_all, pair = torch.cat(e4s), torch.cat(dxs), torch.cat(seeds)
+    x_all = generate(
+        pipeline,
+        torch.cat(genotypes),
+        dx_all,
+        image_seeds=noise_seeds,
+        batch_size=batch_size,
+        progress=progress,
+    )
+    x_all = x_all.float().cpu()
     pixel_mm = pixel_mm_for(x_all.shape[-1]) if pixel_mm is None else pixel_mm
     m = measure(x_all, pixel_mm)
     area, cortex = m["ventricle_area_mm2"], m["cortical_csf_fraction"]

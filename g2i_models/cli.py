@@ -21,7 +21,7 @@ from g2i_models.baseline import train_centralized
 from g2i_models.datasets import DataSourceError, load_datasets
 from g2i_models.device import get_device
 from g2i_models.panel import Panel, header_problem
-from g2i_models.pipeline import G2IPipeline, generate
+from g2i_models.pipeline import GENERATE_BATCH_SIZE, G2IPipeline, generate
 from g2i_models.plots import CLASS_NAMES, save_sample_grid
 from preprocessing.errors import ModelInputError
 from preprocessing.site_inputs import decode_text
@@ -79,6 +79,12 @@ def _parse_generate(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--guidance", type=float, default=None)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=GENERATE_BATCH_SIZE,
+        help="images per sampler call (the images do not depend on it)",
+    )
     parser.add_argument("--device", default="auto")
     return parser.parse_args(argv)
 
@@ -196,6 +202,7 @@ def _generate(args: argparse.Namespace) -> int:
         genotypes,
         labels,
         seed=args.seed,
+        batch_size=args.batch_size,
         sampler=args.sampler,
         num_inference_steps=args.steps,
         guidance_scale=args.guidance,

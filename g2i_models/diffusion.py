@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from diffusers.utils.torch_utils import randn_tensor
 from tqdm.auto import tqdm
 
 from conf.schema import ModelConfig
@@ -102,18 +103,22 @@ def sample_latents(
     labels: torch.Tensor | None = None,
     num_inference_steps: int = 50,
     guidance_scale: float = 1.0,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | list[torch.Generator] | None = None,
     progress: bool = False,
 ) -> torch.Tensor:
     """Run the reverse process from noise to scaled latents (B, c, h, w).
 
     Classifier-free guidance: eps = eps_null + s * (eps_cond - eps_null); s = 1 skips the
-    null pass.
+    null pass. ``generator`` may be one per image (a list of B): each image's initial noise
+    and, for DDPM, its step noise then come from its own generator, so an image does not
+    depend on what else is in the batch.
     """
     device = next(denoiser.parameters()).device
     b = shape[0]
+    if isinstance(generator, list) and len(generator) != b:
+        raise ValueError(f"{len(generator)} generators for a batch of {b} images")
     scheduler.set_timesteps(num_inference_steps, device=device)
-    z = torch.randn(shape, device=device, generator=generator) * scheduler.init_noise_sigma
+    z = randn_tensor(shape, generator=generator, device=device) * scheduler.init_noise_sigma
     guided = guidance_scale != 1.0
     if guided:
         genotypes = None if genotypes is None else torch.cat([genotypes, genotypes])

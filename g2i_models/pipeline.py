@@ -9,7 +9,9 @@ column order and counted alleles, :mod:`g2i_models.panel`) and the library versi
 
 from __future__ import annotations
 
+import hashlib
 import platform
+from collections.abc import Sequence
 from typing import Any
 
 import diffusers
@@ -138,14 +140,15 @@ class G2IPipeline(DiffusionPipeline):
         num_inference_steps: int | None = None,
         guidance_scale: float | None = None,
         sampler: str | None = None,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
         output_type: str = "pt",
         progress: bool = False,
     ) -> torch.Tensor:
         """Generate images (B, 1, H, W) in [0, 1], or scaled latents if output_type="latent".
 
         B is taken from genotypes, labels or ``num_images``; unset sampler settings come from
-        the stored config.
+        the stored config. ``generator``: one for the batch, or a list of B (one per image,
+        see ``generate``).
         """
         cfg = self.config
         device = self.vae.device
@@ -178,13 +181,54 @@ class G2IPipeline(DiffusionPipeline):
         return decode_latents(self.vae, z)
 
 
+GENERATE_BATCH_SIZE = 32
+
+
+def image_seed(seed: int, index: int) -> int:
+    """A 63-bit seed of its own for image ``index`` of a ``generate`` call seeded ``seed``."""
+    digest = hashlib.sha256(f"g2i-image|{int(seed)}|{int(index)}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
 def generate(
     pipeline: G2IPipeline,
     genotypes: torch.Tensor | None,
     labels: torch.Tensor | None,
     seed: int = 0,
+    batch_size: int = GENERATE_BATCH_SIZE,
+    image_seeds: Sequence[int] | None = None,
     **kwargs: Any,
 ) -> torch.Tensor:
-    """Images (B, 1, H, W) in [0, 1] for genotypes (B, n_snps) and labels (B,), seeded."""
-    generator = torch.Generator(device=pipeline.vae.device).manual_seed(seed)
-    return pipeline(genotypes, labels, generator=generator, **kwargs)
+    """Images (B, 1, H, W) in [0, 1] for genotypes (B, n_snps) and labels (B,), seeded,
+    sampled ``batch_size`` images at a time.
+
+    Image i has a CPU generator of its own, seeded ``image_seeds[i]`` (default
+    ``image_seed(seed, i)``), that draws its initial noise and its sampler's step noise: it
+    comes out the same (to float round-off) whatever ``batch_size``, whatever else is in
+    its batch, and on CPU or GPU. Pass one image seed to several images (e.g. the same
+    subject at e4 = 0, 1, 2) to give them the same noise. Other keyword arguments go to
+    ``G2IPipeline.__call__`` (``num_images`` when there are neither genotypes nor labels).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    ref = genotypes if genotypes is not None else labels
+    n = int(kwargs.pop("num_images", 0) or 0) if ref is None else int(ref.shape[0])
+    if n < 1:
+        raise ValueError("pass genotypes, labels or num_images >= 1")
+    seeds = [image_seed(seed, i) for i in range(n)] if image_seeds is None else image_seeds
+    if len(seeds) != n:
+        raise ValueError(f"{len(seeds)} image seeds for {n} images")
+    chunks = []
+    for start in range(0, n, batch_size):
+        part = slice(start, min(n, start + batch_size))
+        generators = [torch.Generator().manual_seed(int(s)) for s in seeds[part]]
+        chunks.append(
+            pipeline(
+                None if genotypes is None else genotypes[part],
+                None if labels is None else labels[part],
+                num_images=len(generators),
+                generator=generators,
+                **kwargs,
+            )
+        )
+    return torch.cat(chunks)
