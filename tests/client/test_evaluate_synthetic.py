@@ -43,6 +43,7 @@ def _ctx(root: Path, run_id: int = 7):  # noqa: ANN202
 def _prepared_site(root: Path) -> np.ndarray:
     """A prepared dataset in the cache format (4 train, 2 test subjects per class) and the
     global autoencoder the site keeps after phase 1; returns the images."""
+    (root / "data" / "site-x").mkdir(parents=True, exist_ok=True)  # the site's data folder
     cfg, _, site = cc._setup(_ctx(root))
     site.prepared.mkdir(parents=True)
     rng = np.random.default_rng(0)
