@@ -37,8 +37,8 @@ def arrays_digest(arrays: Mapping[str, np.ndarray]) -> str:
     return h.hexdigest()
 
 
-# Weights travel as float16: half the bytes of float32, and measured to cost no quality
-# (README "Bytes on the wire"); bfloat16 cannot travel in an ArrayRecord at all.
+# Weights travel as float16 (half the bytes of float32); the server averages them in float32
+# (server.strategy.cast_record). bfloat16 cannot travel in an ArrayRecord at all.
 WIRE_DTYPE = torch.float16
 
 

@@ -19,13 +19,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp import strategy as fl
 from flwr.serverapp.strategy.dp_fixed_clipping import DifferentialPrivacyFixedClippingBase
 
 from conf.schema import FederationConfig, PrivacyConfig
-from contract.messages import UNIT_WEIGHT, reply_arrays, reply_metrics
+from contract.messages import ARRAYS, UNIT_WEIGHT, reply_arrays, reply_metrics
 from contract.wire import error_summary
 
 STRATEGIES: dict[str, Callable[..., fl.Strategy]] = {
@@ -116,6 +116,18 @@ def build_strategy(fed: FederationConfig, privacy: PrivacyConfig, n_sites: int) 
     return strategy
 
 
+def cast_record(record: ArrayRecord, dtype: type[np.floating]) -> ArrayRecord:
+    """The record with its floating arrays in ``dtype`` (names and order kept)."""
+    return ArrayRecord(
+        array_dict={
+            k: Array(np.ascontiguousarray(a.numpy().astype(dtype, copy=False)))
+            if np.issubdtype(a.numpy().dtype, np.floating)
+            else a
+            for k, a in record.items()
+        }
+    )
+
+
 def arrays_finite(record: ArrayRecord) -> bool:
     return all(np.isfinite(a).all() for a in record.to_numpy_ndarrays())
 
@@ -161,7 +173,9 @@ class GuardedStrategy(fl.Strategy):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        return self._keep(self.inner.configure_train(server_round, arrays, config, grid))
+        # The global model is kept and averaged in float32; it travels as float16.
+        down = cast_record(arrays, np.float16)
+        return self._keep(self.inner.configure_train(server_round, down, config, grid))
 
     def evaluates(self, server_round: int) -> bool:
         """Whether ``server_round`` (of this start()) sends the model out for validation:
@@ -191,6 +205,9 @@ class GuardedStrategy(fl.Strategy):
             if record is None or not arrays_finite(record):
                 log.failures[name] = "rejected: non-finite or missing weights"
                 continue
+            # Average in float32: summing float16 updates would round the global model every
+            # round (float16 has 11 significant bits).
+            reply.content[ARRAYS] = cast_record(record, np.float32)
             metrics = reply_metrics(reply.content)
             log.site_metrics[name] = {
                 k: float(v) for k, v in metrics.items() if isinstance(v, int | float)

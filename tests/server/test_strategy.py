@@ -97,3 +97,26 @@ def test_dp_sgd_with_fedprox_is_refused() -> None:
 
     with pytest.raises(ConfigConflictError, match="proximal"):
         check_config(load_config("tiny", "privacy=dp_sgd federation.strategy=FedProx"))
+
+
+def test_float16_updates_are_averaged_in_float32() -> None:
+    """Sites send float16; the mean is taken in float32, so it is exact where a float16 sum
+    would round (1 + 2**-11 is not a float16 value)."""
+    a, b = 1.0, 1.0 + 2.0**-10  # both float16 values; their mean is not
+    replies = []
+    for node, value in ((1, a), (2, b)):
+        content = RecordDict(
+            {
+                "arrays": ArrayRecord(
+                    array_dict={"w": Array(np.full((2, 2), value, np.float16))}
+                ),
+                "metrics": MetricRecord({"num-examples": 10}),
+            }
+        )
+        replies.append(_as_reply_from(node, content=content))
+    g = GuardedStrategy(fl.FedAvg(min_train_nodes=2), 2, "ae", {1: "a", 2: "b"})
+    arrays, _ = g.aggregate_train(1, replies)
+    w = arrays["w"].numpy()
+    assert w.dtype == np.float32
+    np.testing.assert_array_equal(w, np.float32((a + b) / 2))
+    assert np.float16((a + b) / 2) != np.float32((a + b) / 2)  # float16 would have rounded
