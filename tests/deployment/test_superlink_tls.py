@@ -209,8 +209,9 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     _make_cohort(cohort)
     app = _census_app(root / "app")
     # The sites' own policy: DP-SGD as by default, with a lifetime budget that the tiny
-    # cohort's few subjects do not exhaust in one run (this module is about the deployment).
-    (root / "policy.yaml").write_text("epsilon_budget: 100000.0\n")
+    # cohort's few subjects do not exhaust in one run, and cells small enough that its ~8
+    # training subjects are not suppressed to 0 (this module is about the deployment).
+    (root / "policy.yaml").write_text("epsilon_budget: 100000.0\nmin_cell_size: 2\n")
     env = {
         **os.environ,
         "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
