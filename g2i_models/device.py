@@ -112,12 +112,12 @@ def compile_with_fallback(
 ) -> None:
     """Replace ``module.forward`` by its ``torch.compile`` (``backend``), in place.
 
-    Compilation happens at the first call; when it fails (no C++ compiler, an unsupported
-    op, an unsupported Python), that call and all later ones run the eager forward and the
-    failure is logged once. An error that the eager forward raises as well is the caller's
-    and propagates. A failure compiling the backward (at the first ``backward()``) is not
-    caught. Parameter names are unchanged (no ``_orig_mod.`` prefix).
-    """
+    Compilation happens at the first call (and again for new input shapes); when it fails
+    (no C++ compiler, an unsupported op, an unsupported Python), that call and all later
+    ones run the eager forward and the failure is logged once. An error that the eager
+    forward raises as well is the caller's and propagates. A failure compiling the backward
+    (at the first ``backward()``) is not caught. Parameter names are unchanged (no
+    ``_orig_mod.`` prefix)."""
     if getattr(module, "_g2i_compiled", False):
         return
     eager = module.forward
@@ -134,12 +134,17 @@ def compile_with_fallback(
             return eager(*args, **kwargs)
         try:
             return compiled(*args, **kwargs)
-        except Exception as err:  # compilation failed: eager from now on
+        except Exception as err:
+            # The caller's own error (a wrong shape) raises again here, compilation kept;
+            # when eager succeeds, the compiler failed: eager from now on.
+            out = eager(*args, **kwargs)
             failed = True
-            out = eager(*args, **kwargs)  # raises again if the error is not the compiler's
-            first = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+            # Dynamo wraps the backend's error; name the cause.
+            cause = getattr(err, "inner_exception", None) or err.__cause__ or err
+            text = str(cause).strip()
+            first = text.splitlines()[0][:200] if text else ""
             _log_once(
-                f"torch.compile of {type(module).__name__} failed ({type(err).__name__}: "
+                f"torch.compile of {type(module).__name__} failed ({type(cause).__name__}: "
                 f"{first}); running eager (train.compile=false skips compilation)"
             )
             return out

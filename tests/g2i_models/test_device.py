@@ -134,3 +134,11 @@ def test_training_core_with_channels_last_and_compile_matches_eager() -> None:
     for name, w in eager.items():
         assert fast[name].is_contiguous(), name
         torch.testing.assert_close(fast[name], w, rtol=1e-4, atol=1e-5)
+
+
+def test_fp16_steps_go_through_the_loss_scaler() -> None:
+    torch.manual_seed(0)
+    start = build_autoencoder(tiny_model_config(), IMAGE_SIZE).state_dict()
+    weights = _train_ae(mixed_precision="fp16")
+    assert all(torch.isfinite(w).all() for w in weights.values())
+    assert any(not torch.equal(weights[k], start[k]) for k in start)
