@@ -84,12 +84,32 @@ def e4_columns_of(dataset: Dataset) -> list[int]:
     return [i for i, name in enumerate(names) if name in APOE_E4_NAMES]
 
 
+TRAINING_FIELDS = ("image", "genotypes", "label")
+
+
+class TrainingItems(Dataset):
+    """The tensors training reads (image, genotypes, label) of each item, nothing else: a
+    subject ID never enters a batch, and Opacus can build the empty batch Poisson sampling
+    sometimes draws (its collate supports tensors only; a string field made it raise)."""
+
+    def __init__(self, base: Dataset) -> None:
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        item = self.base[i]
+        return {k: item[k] for k in TRAINING_FIELDS if k in item}
+
+
 def make_loader(dataset: Dataset, batch_size: int, seed: int) -> DataLoader:
-    """Shuffled, full batches only, order seeded from the run's stream."""
+    """Shuffled, full batches only, order seeded from the run's stream; items carry only
+    the training tensors (``TrainingItems``)."""
     if len(dataset) == 0:
         raise ValueError("the training split is empty: nothing to train on")
     return DataLoader(
-        dataset,
+        TrainingItems(dataset),
         batch_size=min(batch_size, len(dataset)),
         shuffle=True,
         drop_last=True,

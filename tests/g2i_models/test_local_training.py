@@ -19,7 +19,7 @@ from g2i_models.autoencoder import (
 )
 from g2i_models.datasets import SyntheticSliceDataset
 from g2i_models.diffusion import build_noise_scheduler
-from g2i_models.local_training import derive_seed, e4_columns_of, train_local
+from g2i_models.local_training import derive_seed, e4_columns_of, make_loader, train_local
 from g2i_models.privacy import PrivacyLedger
 from g2i_models.train import condition_use
 from g2i_models.unet import build_denoiser
@@ -139,3 +139,21 @@ def test_default_conditioning_uses_a_planted_e4_effect() -> None:
     assert ours["shuffle-e4"] > 5 * abs(ours["shuffle-dx"])
     assert ours["shuffle-genotypes"] > 0.5 * ours["shuffle-e4"]
     assert ours["shuffle-e4"] > 5 * max(paper["shuffle-e4"], 1e-5)  # measured: 0.00017
+
+
+def test_training_batches_carry_tensors_only_so_an_empty_poisson_batch_collates() -> None:
+    """Site items carry a subject ID; Opacus's collate of an empty Poisson batch supports
+    tensors only (a string raised TypeError at random, when a batch came up empty)."""
+    from opacus.data_loader import DPDataLoader
+
+    data = SyntheticSliceDataset(8, IMAGE_SIZE, n_snps=12, seed=0)
+    assert isinstance(data[0]["subject_id"], str)
+    loader = make_loader(data, 4, seed=0)
+    assert set(next(iter(loader))) == {"image", "genotypes", "label"}
+    dp = DPDataLoader.from_data_loader(loader, generator=torch.Generator().manual_seed(0))
+    dp.batch_sampler.sample_rate = 1.0  # a full first batch defines the batch structure...
+    batches = iter(dp)
+    assert next(batches)["image"].shape[0] == 8
+    dp.batch_sampler.sample_rate = 1e-9  # ...then an empty one
+    batch = next(batches)
+    assert batch["image"].shape[0] == 0 and batch["image"].shape[1:] == (1, 16, 16)
