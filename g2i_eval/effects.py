@@ -26,11 +26,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from g2i_eval.morphometry import measure, pixel_mm_for  # noqa: E402
+from g2i_models.local_training import APOE_E4_NAMES  # noqa: E402
 from g2i_models.pipeline import GENERATE_BATCH_SIZE, G2IPipeline, generate, image_seed  # noqa: E402
 
 CLASS_NAMES = ("CN", "MCI", "AD")
-# Names of the columns that encode APOE e4 in a panel: the e4 count and its defining SNP.
-APOE_E4_NAMES = ("APOE_e4", "rs429358")
 MISSING_GENOTYPE = 3
 E4_COUNTS = (0, 1, 2)
 

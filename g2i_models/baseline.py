@@ -175,7 +175,7 @@ def train_centralized(
     metrics["ldm_val_mse_raw"] = evaluate_ldm(denoiser, ae, scheduler, val_loader, device)["mse"]
     if result.ema_weights is not None:
         denoiser.load_state_dict(result.ema_weights)
-    metrics["ldm_val_mse"] = evaluate_ldm(denoiser, ae, scheduler, val_loader, device)["mse"]
+    # condition_use's "mse" is the final model's held-out MSE (ldm_val_mse).
     use = condition_use(
         denoiser, ae, scheduler, val_loader, device, e4_columns_of(val_set), seed=seed
     )

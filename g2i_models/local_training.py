@@ -45,6 +45,7 @@ from g2i_models.privacy import (
     strip_private_prefix,
 )
 from g2i_models.train import snapshot, train_autoencoder, train_ldm
+from preprocessing.panel import APOE_COLUMN, APOE_E4_SNP
 
 Phase = Literal["ae", "ldm"]
 
@@ -66,7 +67,8 @@ class LocalResult:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-APOE_E4_NAMES = ("APOE_e4", "rs429358")
+# The panel columns that encode APOE e4: the e4 count and its defining SNP.
+APOE_E4_NAMES = (APOE_COLUMN, APOE_E4_SNP)
 
 
 def panel_names(dataset: Dataset) -> list[str] | None:
@@ -79,6 +81,7 @@ def panel_names(dataset: Dataset) -> list[str] | None:
 
 
 def e4_columns_of(dataset: Dataset) -> list[int]:
+    # g2i_eval.effects.apoe_columns is the strict form (raises when there is none).
     """Panel indices of the APOE e4 encodings of a dataset that names its SNPs, else none."""
     names = panel_names(dataset) or []
     return [i for i, name in enumerate(names) if name in APOE_E4_NAMES]

@@ -103,16 +103,12 @@ class SNPEncoder(ModelMixin, ConfigMixin):
 
     def forward(self, genotypes: torch.Tensor) -> torch.Tensor:
         """(B, n_snps) int64 -> (B, n_snps, embed_dim)."""
-        b, n = genotypes.shape
+        n = genotypes.shape[1]
         if n != self.config.n_snps:
             raise ValueError(
                 f"SNPEncoder was built for {self.config.n_snps} SNPs, got genotypes with {n}"
             )
-        # (B, n) indices, not a broadcast (n,) row: Opacus needs the batch dimension.
-        positions = torch.arange(n, device=genotypes.device).unsqueeze(0).repeat(b, 1)
-        values = genotypes.long()
-        if self.config.per_snp_values:
-            values = positions * N_GENOTYPE_TOKENS + values
+        positions, values = self._indices(genotypes)
         x = self.genotype_embed(values) + self.snp_embed(positions)
         for block in self.blocks:
             x = block(x)
@@ -129,12 +125,19 @@ class SNPEncoder(ModelMixin, ConfigMixin):
     def additive(self, genotypes: torch.Tensor) -> torch.Tensor:
         """(B, n_snps) -> (B, d): the mean of the genotype-value embeddings, before any
         attention: an additive (polygenic-score-like) summary, linear in each SNP's value."""
+        _, values = self._indices(genotypes)
+        return self.genotype_embed(values).mean(dim=1)
+
+    def _indices(self, genotypes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(positions, value rows), both (B, n_snps): the SNP index and the row of
+        ``genotype_embed`` for each genotype (per SNP with ``per_snp_values``)."""
         b, n = genotypes.shape
+        # (B, n) indices, not a broadcast (n,) row: Opacus needs the batch dimension.
         positions = torch.arange(n, device=genotypes.device).unsqueeze(0).repeat(b, 1)
         values = genotypes.long()
         if self.config.per_snp_values:
             values = positions * N_GENOTYPE_TOKENS + values
-        return self.genotype_embed(values).mean(dim=1)
+        return positions, values
 
     @staticmethod
     def pool(snp_tokens: torch.Tensor) -> torch.Tensor:
