@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import json
 import secrets
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from opacus import PrivacyEngine
 from opacus.accountants import RDPAccountant
 from opacus.accountants.utils import get_noise_multiplier
+from opacus.optimizers import DPOptimizer
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -138,7 +141,49 @@ def make_private(
         # anyone who can rebuild the noise can subtract it.
         noise_generator=secret_generator(),
     )
+    dp_loader.collate_fn = CollateWithEmpty(loader.collate_fn, loader.dataset[0])
     return PrivateRun(module, opt, dp_loader, engine, sigma, sample_rate)
+
+
+class CollateWithEmpty:
+    """The loader's collate, and for the empty batch Poisson sampling draws now and then
+    (probability (1 - q)^N), zero-length tensors shaped and typed like the dataset's items
+    (a dict for dict items, a list for tuple items).
+
+    Opacus's own empty-batch collate copies the first batch; when the very first batch of a
+    run came up empty it iterated an item instead, which for dict items yields their keys
+    and raised ``TypeError: zeros(): argument 'dtype' must be torch.dtype``.
+    """
+
+    def __init__(self, collate: Callable[[list[Any]], Any], template: Any) -> None:
+        self.collate = collate
+        self.template = template
+
+    @staticmethod
+    def _empty(value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return {k: CollateWithEmpty._empty(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [CollateWithEmpty._empty(v) for v in value]
+        t = torch.as_tensor(value)
+        return t.new_zeros((0, *t.shape))
+
+    def __call__(self, batch: list[Any]) -> Any:
+        if batch:
+            return self.collate(batch)
+        return self._empty(self.template)
+
+
+def noise_only_step(optimizer: DPOptimizer) -> None:
+    """The DP-SGD step of an empty Poisson batch: no gradient, only the Gaussian noise, and
+    the accountant counts it. The model cannot run on a zero-length batch (diffusers'
+    attention reshapes fail), so each parameter gets an empty per-sample gradient, the form
+    Opacus's optimiser takes for an empty batch."""
+    optimizer.zero_grad(set_to_none=True)
+    for p in optimizer.params:
+        p.grad_sample = p.new_zeros((0, *p.shape))
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
 
 
 def secret_generator() -> torch.Generator:

@@ -35,6 +35,7 @@ from g2i_models.autoencoder import (
 )
 from g2i_models.device import autocast, autocast_dtype, seed_everything
 from g2i_models.diffusion import diffusion_loss, diffusion_target
+from g2i_models.privacy import noise_only_step
 
 Batch = Mapping[str, Any]
 
@@ -76,10 +77,15 @@ def _run(
     progress: bool,
     desc: str,
     max_seconds: float = 0.0,
+    optimizer: torch.optim.Optimizer | None = None,
 ) -> dict[str, float]:
     """Call ``step`` on every batch for ``epochs`` (at most ``max_steps`` > 0 steps, and no
     step started after ``max_seconds`` > 0 of wall time) and average the returned parts
-    weighted by batch size."""
+    weighted by batch size.
+
+    An empty batch (Poisson sampling under DP-SGD draws one now and then) is still a step
+    when ``optimizer`` is Opacus's: its noise is added and the accountant counts it, as the
+    DP-SGD analysis assumes; skipping it would tell the server that nobody was sampled."""
     start = time.perf_counter()
     sums: dict[str, float] = {}
     counts: dict[str, int] = {}  # parts such as the adversarial terms start late
@@ -91,7 +97,13 @@ def _run(
     for epoch in range(epochs):
         for batch in loader:
             b = len(batch["image"])
-            if b == 0:  # Poisson sampling (DP-SGD) can draw an empty batch
+            if b == 0:
+                if isinstance(optimizer, DPOptimizer):
+                    noise_only_step(optimizer)
+                    steps += 1
+                    bar.update(1)
+                    if 0 < max_steps <= steps:
+                        break
                 continue
             parts = step(batch)
             n_seen += b
@@ -220,6 +232,7 @@ def train_autoencoder(
         progress,
         "autoencoder",
         cfg.max_seconds_ae,
+        opt,
     )
 
 
@@ -281,6 +294,7 @@ def train_ldm(
         progress,
         "ldm",
         cfg.max_seconds_ldm,
+        opt,
     )
 
 

@@ -75,3 +75,37 @@ def test_target_epsilon_sets_the_noise() -> None:
     eps = PrivacyLedger([(sigma, 0.25, 40)]).epsilon(cfg.delta)
     assert eps == pytest.approx(3.0, rel=0.05)
     assert noise_for(_dp(noise_multiplier=1.3), 0.25, 40) == 1.3
+
+
+def test_an_empty_poisson_batch_is_a_noise_step_the_accountant_counts() -> None:
+    """Poisson sampling at rate q draws an empty batch with probability (1 - q)^N, also as a
+    run's very first batch (Opacus then built the empty batch from an item's dict keys and
+    raised TypeError). An empty batch must still be a DP-SGD step: noise on the weights and
+    one step in the accountant, or the update would show that nobody was sampled."""
+    from g2i_models.autoencoder import build_autoencoder
+    from g2i_models.datasets import SyntheticSliceDataset
+    from g2i_models.local_training import make_loader
+    from g2i_models.train import train_autoencoder
+    from tests.g2i_models.tiny import IMAGE_SIZE, tiny_model_config, tiny_train_config
+
+    torch.manual_seed(0)
+    ae = build_autoencoder(tiny_model_config(), IMAGE_SIZE)
+    data = SyntheticSliceDataset(8, IMAGE_SIZE, n_snps=12, seed=0)  # dict items, a string ID
+    opt = torch.optim.AdamW(ae.parameters(), lr=1e-3)
+    ledger = PrivacyLedger()
+    cfg = _dp(epsilon_budget=0.0, noise_multiplier=1.0)
+    run = make_private(ae, opt, make_loader(data, 4, 0), cfg, ledger, 3, 3)
+    run.loader.batch_sampler.sample_rate = 1e-12  # every batch comes up empty
+    batch = next(iter(run.loader))
+    assert batch["image"].shape == (0, 1, IMAGE_SIZE, IMAGE_SIZE)
+    assert batch["label"].dtype == data[0]["label"].dtype
+    before = {k: v.clone() for k, v in ae.state_dict().items()}
+    train = tiny_train_config(max_steps_ae=3, ae_epochs=3)
+    metrics = train_autoencoder(
+        run.module._module, run.loader, train, torch.device("cpu"), optimizer=run.optimizer
+    )
+    finish_private(run, ledger)
+    moved = max(float((v - before[k]).abs().max()) for k, v in ae.state_dict().items())
+    assert moved > 0, "an empty batch left the weights untouched: no noise step"
+    assert ledger.steps == 3
+    assert metrics["num_examples"] == 0 and metrics["steps"] == 3
