@@ -210,6 +210,9 @@ class ModelConfig:
     sampler: str = "ddim"
     sample_steps: int = 50
     guidance_scale: float = 1.5
+    # A public-stage model folder (``g2i-pretrain``): the federation's autoencoder and UNet
+    # start from it and the autoencoder phase is skipped; empty = train both from scratch.
+    pretrained: str = ""
 
 
 @dataclass
@@ -287,6 +290,29 @@ class PrivacyConfig:
     delta: float = 1e-5
     target_epsilon: float = 0.0
     epsilon_budget: float = 0.0
+    # Which parameters of the denoiser train ("all", or "conditioning": the SNP encoder, the
+    # condition embeddings and the UNet's cross-attention, the rest frozen); with
+    # "conditioning" only that subset travels back from a site.
+    trainable: str = "all"
+    # Augmentation multiplicity: (noise, t) draws per example, averaged into one per-example
+    # loss before DP-SGD clips it (one example, one per-sample gradient).
+    augment_multiplicity: int = 1
+    # Expected Poisson batch of DP-SGD (sample rate = 1 / (n // expected)); 0 = train.batch_size.
+    expected_batch_size: int = 0
+
+    def __post_init__(self) -> None:
+        if self.trainable not in TRAINABLE_SUBSETS:
+            raise ConfigConflictError(
+                f"privacy.trainable={self.trainable!r}; choose one of {list(TRAINABLE_SUBSETS)}"
+            )
+        if self.augment_multiplicity < 1 or self.expected_batch_size < 0:
+            raise ConfigConflictError(
+                "privacy.augment_multiplicity must be >= 1 and privacy.expected_batch_size >= 0"
+            )
+
+
+# The parameter subsets a local run can train (``g2i_models.trainable``).
+TRAINABLE_SUBSETS = ("all", "conditioning")
 
 
 @dataclass
@@ -370,6 +396,9 @@ class SitePolicy:
             "privacy",
             "privacy.noise_multiplier",
             "privacy.max_grad_norm",
+            "privacy.trainable",
+            "privacy.augment_multiplicity",
+            "privacy.expected_batch_size",
         ]
     )
 
@@ -410,8 +439,10 @@ def check_config(cfg: Any) -> None:
             "mechanism's sensitivity bound holds for a mean of clipped updates only; use a "
             "mean-based strategy (FedAvg, FedProx, FedAdam, FedYogi, FedAdagrad, FedAvgM)"
         )
-    if privacy.mode != PrivacyMode.none and privacy.noise_multiplier <= 0 and (
-        privacy.target_epsilon <= 0
+    if (
+        privacy.mode != PrivacyMode.none
+        and privacy.noise_multiplier <= 0
+        and (privacy.target_epsilon <= 0)
     ):
         raise ConfigConflictError(
             f"privacy={privacy.mode} with privacy.noise_multiplier={privacy.noise_multiplier}: "
@@ -461,6 +492,12 @@ class StudyConfig:
     privacy: list[str] = field(default_factory=lambda: ["none", "dp_sgd"])
     # Extra overrides of the DP cells (noise, clipping, budget).
     dp_overrides: list[str] = field(default_factory=list)
+    # The modes and variants that get DP cells (empty = all of ``modes`` / ``variants``).
+    dp_modes: list[str] = field(default_factory=list)
+    dp_variants: list[str] = field(default_factory=list)
+    # A public-stage model folder (``g2i-pretrain``) the DP cells start from
+    # (``model.pretrained``); empty = the DP cells train from scratch.
+    pretrained: str = ""
     n_sites: int = 3
     # Seconds one federated cell may take.
     federation_timeout_s: int = 3600

@@ -78,11 +78,20 @@ def diffusion_loss(
     labels: torch.Tensor | None,
     cond_dropout: float = 0.0,
     generator: torch.Generator | None = None,
+    draws: int = 1,
 ) -> torch.Tensor:
     """MSE between the denoiser output and its target for scaled latents z0 (B, c, h, w).
 
-    ``denoiser`` is a ``ConditionalDenoiser`` or an Opacus wrapper of one.
+    ``draws`` > 1 (augmentation multiplicity): each example gets ``draws`` (noise, t,
+    condition-dropout) draws as ``draws`` consecutive rows (``repeat_interleave``), so the
+    denoiser runs on B * draws rows; DP-SGD folds their per-row gradients back into one per
+    example (``train.fold_draws``). The mean over all rows is the mean of the per-example
+    means. ``denoiser`` is a ``ConditionalDenoiser`` or an Opacus wrapper of one.
     """
+    if draws > 1:
+        z0 = z0.repeat_interleave(draws, dim=0)
+        genotypes = None if genotypes is None else genotypes.repeat_interleave(draws, dim=0)
+        labels = None if labels is None else labels.repeat_interleave(draws, dim=0)
     b, device = z0.shape[0], z0.device
     noise = torch.randn(z0.shape, device=device, generator=generator)
     t = torch.randint(

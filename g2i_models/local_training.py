@@ -45,6 +45,7 @@ from g2i_models.privacy import (
     strip_private_prefix,
 )
 from g2i_models.train import snapshot, train_autoencoder, train_ldm
+from g2i_models.trainable import freeze_all_but, parameter_share, trainable_names
 from preprocessing.panel import APOE_COLUMN, APOE_E4_SNP
 
 Phase = Literal["ae", "ldm"]
@@ -65,6 +66,9 @@ class LocalResult:
     metrics: dict[str, float]
     ema_weights: dict[str, torch.Tensor] | None = None
     history: list[dict[str, float]] = field(default_factory=list)
+    # The names of the parameters this run trained (``privacy.trainable``): what a site
+    # sends back; the rest of ``weights`` is as the run received it.
+    trained: list[str] = field(default_factory=list)
 
 
 # The panel columns that encode APOE e4: the e4 count and its defining SNP.
@@ -189,11 +193,20 @@ def train_local(
     lr = cfg.lr_ae if phase == "ae" else cfg.lr_ldm
     epochs = cfg.ae_epochs if phase == "ae" else cfg.ldm_epochs
     max_steps = cfg.max_steps_ae if phase == "ae" else cfg.max_steps_ldm
-    loader = make_loader(dataset, cfg.batch_size, seed)
+    # The subset and the draws per example concern the denoiser (the autoencoder phase,
+    # skipped after public pretraining, trains all of the autoencoder).
+    subset_name = privacy.trainable if privacy is not None and phase == "ldm" else "all"
+    draws = privacy.augment_multiplicity if privacy is not None and phase == "ldm" else 1
+    trained = trainable_names(model, subset_name)
+    freeze_all_but(model, trained)
+    # Under DP-SGD the loader's batch is the expected Poisson batch: sample rate 1 / len.
+    batch_size = privacy.expected_batch_size if dp and privacy.expected_batch_size else 0
+    loader = make_loader(dataset, batch_size or cfg.batch_size, seed)
     reference = snapshot(model) if proximal_mu > 0 else None
     model.to(device).train()
     prepare_for_training(cfg, model, ae, private=dp)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
     opt_path = _optimizer_path(state_dir, phase)
     restored = _restore_optimizer(opt, opt_path)
     private = None
@@ -228,11 +241,13 @@ def train_local(
             cfg,
             device,
             cond_dropout=cond_dropout,
+            draws=draws,
             ema=ema_model,
             **common,
         )
     _save_optimizer(opt, opt_path)
     metrics["optimizer-restored"] = float(restored)
+    metrics["trained-share"] = parameter_share(model, trained)
     if private:
         finish_private(private, ledger)
         metrics.update(
@@ -246,7 +261,7 @@ def train_local(
     ema_weights = None
     if ema_model is not None:
         ema_weights = _ema_weights(model, ema_model)
-    return LocalResult(weights, metrics, ema_weights, history)
+    return LocalResult(weights, metrics, ema_weights, history, trained)
 
 
 def _weights(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -140,16 +140,36 @@ def grad_scaler(
     return torch.amp.GradScaler(device.type, enabled=enabled)
 
 
+def fold_draws(optimizer: DPOptimizer, draws: int) -> None:
+    """Per-sample gradients of B * ``draws`` rows (``draws`` consecutive rows per example)
+    -> B per-example gradients, the mean over each example's rows: one example is one
+    per-sample gradient, clipped once (augmentation multiplicity). Opacus's "mean" reduction
+    scales each row's gradient to that row's own loss, so the mean is the gradient of the
+    example's mean loss."""
+    for p in optimizer.params:
+        g = getattr(p, "grad_sample", None)
+        if g is None:
+            continue
+        if isinstance(g, list):  # one backward per step here: a single tensor
+            g = torch.cat(g)
+        if g.shape[0] % draws:
+            raise ValueError(f"{g.shape[0]} per-sample gradients are not {draws} per example")
+        p.grad_sample = g.view(g.shape[0] // draws, draws, *g.shape[1:]).mean(dim=1)
+
+
 def _optimise(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     loss: torch.Tensor,
     grad_clip: float,
     scaler: torch.amp.GradScaler | None = None,
+    draws: int = 1,
 ) -> None:
     optimizer.zero_grad(set_to_none=True)
     scaled = scaler is not None and scaler.is_enabled()
     (scaler.scale(loss) if scaled else loss).backward()
+    if draws > 1 and isinstance(optimizer, DPOptimizer):
+        fold_draws(optimizer, draws)
     # DP-SGD clips per sample inside the optimiser; clipping the sum again would bias it.
     if grad_clip > 0 and not isinstance(optimizer, DPOptimizer):
         if scaled:
@@ -245,6 +265,7 @@ def train_ldm(
     device: torch.device,
     *,
     cond_dropout: float = 0.0,
+    draws: int = 1,
     optimizer: torch.optim.Optimizer | None = None,
     ema: EMAModel | None = None,
     reference: Mapping[str, torch.Tensor] | None = None,
@@ -257,15 +278,19 @@ def train_ldm(
 
     Per batch: images (B, 1, H, W) -> scaled latents (B, c, H/4, W/4) -> add noise at random
     t -> predict -> MSE by ``prediction_type`` (eq. 11), conditions dropped with probability
-    ``cond_dropout`` (classifier-free guidance). ``denoiser`` may be an Opacus wrapper of a
-    ``ConditionalDenoiser``; then pass its DP optimiser. ``ema`` is updated after every step.
+    ``cond_dropout`` (classifier-free guidance); ``draws`` (noise, t) draws per image, averaged
+    per image (under DP-SGD before clipping, ``fold_draws``). ``denoiser`` may be an Opacus
+    wrapper of a ``ConditionalDenoiser``; then pass its DP optimiser. ``ema`` is updated after
+    every step. Only the parameters that require gradients train.
     """
     if seed is not None:
         seed_everything(seed)
     ae.to(device).eval().requires_grad_(False)
     denoiser.to(device).train()
     opt = optimizer or torch.optim.AdamW(
-        denoiser.parameters(), lr=cfg.lr_ldm, weight_decay=cfg.weight_decay
+        [p for p in denoiser.parameters() if p.requires_grad],
+        lr=cfg.lr_ldm,
+        weight_decay=cfg.weight_decay,
     )
     scaler = grad_scaler(device, cfg.mixed_precision, opt)
 
@@ -276,11 +301,13 @@ def train_ldm(
         with autocast(device, cfg.mixed_precision):
             with torch.no_grad():
                 z0 = encode_latents(ae, x).float()
-            mse = diffusion_loss(denoiser, scheduler, z0, genotypes, labels, cond_dropout)
+            mse = diffusion_loss(
+                denoiser, scheduler, z0, genotypes, labels, cond_dropout, draws=draws
+            )
             loss = mse
             if reference is not None and proximal_mu > 0:
                 loss = loss + proximal_term(denoiser, reference, proximal_mu)
-        _optimise(denoiser, opt, loss, cfg.grad_clip, scaler)
+        _optimise(denoiser, opt, loss, cfg.grad_clip, scaler, draws)
         if ema is not None:
             ema.step(denoiser.parameters())
         return {"loss": loss.item(), "mse": mse.item()}
