@@ -31,7 +31,7 @@ from g2i_models.local_training import (
     train_local,
 )
 from g2i_models.panel import dataset_panel
-from g2i_models.pipeline import G2IPipeline, generate
+from g2i_models.pipeline import G2IPipeline, generate, sampler_defaults
 from g2i_models.plots import CLASS_NAMES, save_loss_curves, save_sample_grid
 from g2i_models.privacy import PrivacyLedger, planned_steps
 from g2i_models.snp_encoder import MISSING_GENOTYPE
@@ -185,9 +185,7 @@ def train_centralized(
         ae,
         denoiser,
         scheduler,
-        sampler=model_cfg.sampler,
-        sample_steps=model_cfg.sample_steps,
-        guidance_scale=model_cfg.guidance_scale,
+        **sampler_defaults(model_cfg),
         allele_freqs=allele_frequencies(train_set),
         panel=dataset_panel(train_set),
     )

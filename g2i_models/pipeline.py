@@ -19,6 +19,7 @@ import torch
 from diffusers import AutoencoderKL, DiffusionPipeline, UNet2DConditionModel
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
+from conf.schema import ModelConfig
 from g2i_models.autoencoder import decode_latents
 from g2i_models.condition_embedding import ConditionEmbedding
 from g2i_models.diffusion import sample_latents, sampling_scheduler
@@ -179,6 +180,15 @@ class G2IPipeline(DiffusionPipeline):
         if output_type == "latent":
             return z
         return decode_latents(self.vae, z)
+
+
+def sampler_defaults(cfg: ModelConfig) -> dict[str, Any]:
+    """The sampler settings a saved pipeline carries (``from_parts`` keywords)."""
+    return {
+        "sampler": cfg.sampler,
+        "sample_steps": cfg.sample_steps,
+        "guidance_scale": cfg.guidance_scale,
+    }
 
 
 GENERATE_BATCH_SIZE = 32

@@ -42,7 +42,7 @@ from g2i_models.device import get_device, seed_everything
 from g2i_models.diffusion import build_noise_scheduler, diffusion_loss
 from g2i_models.local_training import derive_seed, make_loader, panel_names, train_local
 from g2i_models.panel import panel_config
-from g2i_models.pipeline import G2IPipeline, library_versions
+from g2i_models.pipeline import G2IPipeline, library_versions, sampler_defaults
 from g2i_models.snp_encoder import N_GENOTYPE_TOKENS, NULL_GENOTYPE
 from g2i_models.trainable import trainable_names
 from g2i_models.unet import ConditionalDenoiser, build_denoiser
@@ -267,9 +267,7 @@ def pretrain_public(
         ae,
         denoiser,
         scheduler,
-        sampler=model_cfg.sampler,
-        sample_steps=model_cfg.sample_steps,
-        guidance_scale=model_cfg.guidance_scale,
+        **sampler_defaults(model_cfg),
         panel=panel_config(names),
     )
     pipeline.save_pretrained(out / "model")

@@ -56,7 +56,7 @@ from g2i_models.federated import (
     synthetic_set,
 )
 from g2i_models.panel import panel_config
-from g2i_models.pipeline import G2IPipeline
+from g2i_models.pipeline import G2IPipeline, sampler_defaults
 from g2i_models.synthetic import write_synthetic_set
 from g2i_models.unet import build_denoiser
 from preprocessing.errors import G2IError
@@ -357,9 +357,7 @@ def run_generation(
         ae,
         denoiser,
         build_noise_scheduler(model_cfg),
-        sampler=model_cfg.sampler,
-        sample_steps=model_cfg.sample_steps,
-        guidance_scale=model_cfg.guidance_scale,
+        **sampler_defaults(model_cfg),
         allele_freqs=allele_frequencies(freqs),
         panel=panel_config(panel),
     )
