@@ -140,6 +140,7 @@ def latent_stats(msg: Message, context: Context) -> Message:
         _data(cfg, runtime),
         to_object(cfg.model),
         to_object(cfg.train),
+        request.moments,
     )
     moments = LatentMoments(stats["count"], stats["sum"], stats["sum-sq"], stats["num-examples"])
     return Message(moments.to_record(), reply_to=msg)

@@ -205,6 +205,11 @@ def site_privacy(requested: PrivacyConfig, runtime: SiteRuntime) -> PrivacyConfi
         delta=p.delta,
         target_epsilon=0.0,
         epsilon_budget=p.epsilon_budget,
+        # What trains, the draws per example and the expected batch change the privacy
+        # spent only through the accountant, which the budget above bounds.
+        trainable=requested.trainable,
+        augment_multiplicity=int(requested.augment_multiplicity),
+        expected_batch_size=int(requested.expected_batch_size),
     )
 
 

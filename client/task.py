@@ -219,7 +219,13 @@ def _local_train(
         proximal_mu=spec.proximal_mu,
         **kwargs,
     )
+    full = to_wire(result.weights)
+    # A subset run sends back what it trained only; the frozen rest is the server's already.
+    keys = result.trained if phase == "ldm" and privacy.trainable != "all" else list(full)
+    arrays = {k: full[k] for k in keys}
     metrics = dict(result.metrics)
+    metrics["wire-bytes"] = float(sum(a.nbytes for a in arrays.values()))
+    metrics["wire-bytes-full"] = float(sum(a.nbytes for a in full.values()))
     if ledger is not None:
         ledger.save(ledger_path)
         metrics.update(
@@ -229,7 +235,44 @@ def _local_train(
                 "noise-multiplier": metrics.pop("dp-noise-multiplier"),
             }
         )
-    return to_wire(result.weights), metrics
+    return arrays, metrics
+
+
+class MissingGlobalModel(RuntimeError):
+    """A round sent only the trained subset to a site that holds no whole global model."""
+
+
+def global_denoiser(
+    site: Site, arrays: Mapping[str, np.ndarray], keep: bool = False
+) -> dict[str, np.ndarray]:
+    """The whole global denoiser: a round sends all of it (the first) or, when the sites
+    train a subset, that subset only (the frozen rest never changes). The site lays what it
+    receives over the whole it keeps on its disk, and with ``keep`` stores the result."""
+    path = site.run_dir / "denoiser.npz"
+    held: dict[str, np.ndarray] = {}
+    if path.exists():
+        with np.load(path) as z:
+            held = {k: z[k] for k in z.files}
+    whole = {**held, **{k: np.asarray(v) for k, v in arrays.items()}}
+    if keep:
+        site.run_dir.mkdir(parents=True, exist_ok=True)
+        np.savez(path, **whole)
+    return whole
+
+
+def _load_denoiser(
+    site: Site, denoiser: torch.nn.Module, arrays: Mapping[str, np.ndarray], keep: bool = False
+) -> None:
+    whole = global_denoiser(site, arrays, keep)
+    missing = [k for k in denoiser.state_dict() if k not in whole]
+    if missing:
+        raise MissingGlobalModel(
+            f"site {site.data_dir.name}: received {len(arrays)} of the denoiser's tensors and "
+            f"holds no whole global model ({len(missing)} missing, e.g. {missing[0]}); a site "
+            "training a subset must take part from the phase's first round "
+            "(federation.fraction_train=1)"
+        )
+    load_wire(denoiser, {k: whole[k] for k in denoiser.state_dict()})
 
 
 def train_autoencoder_round(
@@ -253,14 +296,19 @@ def latent_stats(
     data: DataConfig,
     model_cfg: ModelConfig,
     train_cfg: TrainConfig,
+    moments: bool = True,
 ) -> dict[str, float]:
     """Keep the global autoencoder for phase 2 and return (count, sum, sum of squares) of the
-    site's training latents: the server derives the scale factor 1/std(z) from the totals."""
+    site's training latents: the server derives the scale factor 1/std(z) from the totals.
+    ``moments`` False (a public-stage autoencoder, its scale known): zeros, nothing of the
+    site's data."""
     device = get_device(train_cfg.device)
     ae = build_autoencoder(model_cfg, data.image_size)
     load_wire(ae, ae_arrays)
     site.run_dir.mkdir(parents=True, exist_ok=True)
     np.savez(site.run_dir / "autoencoder.npz", **{k: np.asarray(v) for k, v in ae_arrays.items()})
+    if not moments:
+        return {"count": 0.0, "sum": 0.0, "sum-sq": 0.0, "num-examples": 0.0}
     loader = make_loader(site_dataset(site, "train", spec.panel), train_cfg.batch_size, spec.seed)
     count, total, total_sq = latent_moments(ae, loader, device, train_cfg.scale_batches, spec.seed)
     return {
@@ -296,7 +344,7 @@ def train_ldm_round(
 ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     ae = frozen_autoencoder(site, data, model_cfg, scale)
     denoiser = build_denoiser(model_cfg, len(spec.panel), latent_size(ae), spec.panel)
-    load_wire(denoiser, arrays)
+    _load_denoiser(site, denoiser, arrays, keep=privacy.trainable != "all")
     return _local_train(
         site,
         "ldm",
@@ -336,7 +384,7 @@ def evaluate_round(
     else:
         ae = frozen_autoencoder(site, data, model_cfg, scale)
         denoiser = build_denoiser(model_cfg, len(spec.panel), latent_size(ae), spec.panel)
-        load_wire(denoiser, arrays)
+        _load_denoiser(site, denoiser, arrays)
         scheduler = build_noise_scheduler(model_cfg)
         # Seeded by the run only: comparable across rounds and sites.
         # Held-out MSE (seeded by the run only: comparable across rounds and sites) and its

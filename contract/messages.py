@@ -240,17 +240,31 @@ class RoundConfig:
 
 @dataclass
 class LatentStatsRequest:
-    """The global autoencoder after phase 1, for the latent moments."""
+    """The global autoencoder after phase 1, for the latent moments. ``moments`` False (the
+    autoencoder and its scale came from the public stage): the site keeps the autoencoder
+    and releases no moments of its data."""
 
     ae: dict[str, np.ndarray]
     config: RoundConfig
+    moments: bool = True
 
     def to_record(self) -> RecordDict:
-        return RecordDict({ARRAYS: to_record(self.ae), CONFIG: self.config.to_config()})
+        return RecordDict(
+            {
+                ARRAYS: to_record(self.ae),
+                CONFIG: self.config.to_config(),
+                "latent": ConfigRecord({"moments": self.moments}),
+            }
+        )
 
     @classmethod
     def from_record(cls, content: RecordDict) -> LatentStatsRequest:
-        return cls(_arrays(content, ARRAYS), RoundConfig.from_config(_config(content, CONFIG)))
+        latent = content.config_records.get("latent", {})
+        return cls(
+            _arrays(content, ARRAYS),
+            RoundConfig.from_config(_config(content, CONFIG)),
+            bool(latent.get("moments", True)),
+        )
 
 
 @dataclass

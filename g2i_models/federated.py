@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from conf.schema import FederationConfig, TrainConfig
+from conf.schema import FederationConfig, PrivacyConfig, TrainConfig
 from g2i_models.pipeline import G2IPipeline, generate
 from g2i_models.privacy import planned_steps
 from g2i_models.synthetic import genotype_frequencies, sample_profiles
@@ -40,13 +40,22 @@ def allele_frequencies(freqs: np.ndarray) -> list[float]:
     return [float(a) for a in allele]
 
 
-def planned_dp_steps(n_train: Sequence[int], fed: FederationConfig, train: TrainConfig) -> int:
-    """Largest number of local DP-SGD steps any site takes over both phases."""
+def planned_dp_steps(
+    n_train: Sequence[int],
+    fed: FederationConfig,
+    train: TrainConfig,
+    privacy: PrivacyConfig | None = None,
+    pretrained: bool = False,
+) -> int:
+    """Largest number of local DP-SGD steps any site takes over the private phases (the LDM
+    only after a public stage, whose autoencoder the sites do not train), at the expected
+    Poisson batch of ``privacy`` (else ``train.batch_size``)."""
     n = max(n_train)
-    per_epoch = max(1, n // max(1, min(train.batch_size, n)))
+    batch = (privacy.expected_batch_size if privacy is not None else 0) or train.batch_size
+    per_epoch = max(1, n // max(1, min(batch, n)))
     ae = fed.rounds_ae * planned_steps(per_epoch, train.ae_epochs, train.max_steps_ae)
     ldm = fed.rounds_ldm * planned_steps(per_epoch, train.ldm_epochs, train.max_steps_ldm)
-    return ae + ldm
+    return ldm + (0 if pretrained else ae)
 
 
 def synthetic_set(

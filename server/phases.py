@@ -57,6 +57,7 @@ from g2i_models.federated import (
 )
 from g2i_models.panel import panel_config
 from g2i_models.pipeline import G2IPipeline, sampler_defaults
+from g2i_models.pretrain import load_pretrained, pretrained_autoencoder, seed_from_pretrained
 from g2i_models.synthetic import write_synthetic_set
 from g2i_models.unet import build_denoiser
 from preprocessing.errors import G2IError
@@ -250,7 +251,11 @@ def base_round(fed: Federation, prepared: dict[int, PrepareReply]) -> RoundConfi
         panel=fed.results["panel"],
         seed=int(cfg.seed),
         total_dp_steps=planned_dp_steps(
-            n_train, to_object(cfg.federation), to_object(cfg.train)
+            n_train,
+            to_object(cfg.federation),
+            to_object(cfg.train),
+            to_object(cfg.privacy),
+            pretrained=bool(cfg.model.pretrained),
         ),
     )
 
@@ -280,7 +285,8 @@ def run_rounds(
 
     def checkpoint(server_round: int, record: ArrayRecord) -> MetricRecord | None:
         if server_round > 0:
-            run.checkpoint(phase, done + server_round, from_record(record), strategy_state(inner))
+            whole = merge_subset(arrays, from_record(record))
+            run.checkpoint(phase, done + server_round, whole, strategy_state(inner))
             if strategy.rounds:
                 run.log_round(strategy.rounds[-1])
                 seconds = time.monotonic() - started[0]
@@ -303,7 +309,19 @@ def run_rounds(
     except TooFewSitesError:
         run.log_round(strategy.rounds[-1])  # the stopped round, naming the sites that failed
         raise
-    return from_record(result.arrays)
+    return merge_subset(arrays, from_record(result.arrays))
+
+
+def merge_subset(
+    whole: dict[str, np.ndarray], trained: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """The global model with the aggregated tensors laid over it: when the sites train a
+    subset (``privacy.trainable``), only it travels back and is averaged; the frozen rest
+    stays as the phase started."""
+    unknown = sorted(set(trained) - set(whole))
+    if unknown:
+        raise KeyError(f"the sites returned tensors the global model lacks: {unknown[:3]}")
+    return {**whole, **trained}
 
 
 def round_line(entry: RoundLog, rounds: int, n_sites: int, seconds: float) -> str:
@@ -321,11 +339,18 @@ def round_line(entry: RoundLog, rounds: int, n_sites: int, seconds: float) -> st
 
 
 def run_latent_scale(
-    fed: Federation, ae_arrays: dict[str, np.ndarray], config: RoundConfig
+    fed: Federation,
+    ae_arrays: dict[str, np.ndarray],
+    config: RoundConfig,
+    known: float | None = None,
 ) -> float:
-    """Sites keep the global autoencoder and return latent moments; the scale 1/std(z)."""
+    """Sites keep the global autoencoder and return latent moments; the scale 1/std(z).
+    A ``known`` scale (the public stage's) asks the sites for no moments of their data."""
     config.phase = Phase.AE
-    replies = fed.ask(Query.LATENT_STATS, LatentStatsRequest(ae_arrays, config).to_record())
+    if known is not None and fed.run.get("scale") is None:
+        fed.run.set(scale=float(known))
+    request = LatentStatsRequest(ae_arrays, config, moments=known is None)
+    replies = fed.ask(Query.LATENT_STATS, request.to_record())
     fed.active = sorted(replies)
     fed.require("latent stats")
     scale = fed.run.get("scale")
@@ -443,6 +468,7 @@ def write_report(fed: Federation, scale: float) -> dict[str, Any]:
         "memorisation": fed.results["memorisation"],
         "failures": failures_by_site(rounds),
         "privacy": {"mode": str(privacy.mode), "delta": privacy.delta},
+        "pretrained": fed.results.get("pretrained"),
         "timings_s": {k: round(v, 1) for k, v in fed.timings.items()},
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
@@ -451,12 +477,26 @@ def write_report(fed: Federation, scale: float) -> dict[str, Any]:
 
 
 def initial_weights(fed: Federation, phase: Phase) -> dict[str, np.ndarray]:
-    """Fresh global weights of a phase's network."""
+    """Starting global weights of a phase's network: fresh, or for the LDM after a public
+    stage (``model.pretrained``) the public denoiser fitted to the federation's panel."""
     data, model_cfg = to_object(fed.cfg.data), to_object(fed.cfg.model)
     ae = build_autoencoder(model_cfg, data.image_size)
     if phase == Phase.AE:
         return to_wire(ae.state_dict())
-    denoiser = build_denoiser(
-        model_cfg, len(fed.results["panel"]), latent_size(ae), fed.results["panel"]
-    )
+    panel = fed.results["panel"]
+    denoiser = build_denoiser(model_cfg, len(panel), latent_size(ae), panel)
+    if model_cfg.pretrained:
+        fresh = seed_from_pretrained(load_pretrained(model_cfg.pretrained), denoiser, panel)
+        fed.results["pretrained"]["fresh_tensors"] = fresh
+        log.info("LDM starts from %s (%d tensors fresh)", model_cfg.pretrained, len(fresh))
     return to_wire(denoiser.state_dict())
+
+
+def public_autoencoder(fed: Federation) -> tuple[dict[str, np.ndarray], float]:
+    """The public stage's autoencoder (``model.pretrained``) and its latent scale: the
+    federation's phase 1, trained without the sites' data."""
+    data, model_cfg = to_object(fed.cfg.data), to_object(fed.cfg.model)
+    ae = pretrained_autoencoder(load_pretrained(model_cfg.pretrained), model_cfg, data.image_size)
+    scale = float(ae.config.scaling_factor)
+    fed.results["pretrained"] = {"dir": str(model_cfg.pretrained), "latent_scale_factor": scale}
+    return to_wire(ae.state_dict()), scale

@@ -99,6 +99,7 @@ def privacy_ledger(
                             "epsilon": m["epsilon"],
                             "delta": m.get("delta", privacy.delta),
                             "noise_multiplier": m.get("noise-multiplier", ""),
+                            "sample_rate": m.get("dp-sample-rate", ""),
                             "dp_steps": int(m.get("dp-steps", 0)),
                         }
                     )

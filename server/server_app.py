@@ -26,6 +26,7 @@ from server.phases import (
     Federation,
     base_round,
     initial_weights,
+    public_autoencoder,
     run_census,
     run_federated_qc,
     run_generation,
@@ -71,10 +72,15 @@ def run_phases(fed: Federation) -> dict[str, Any]:
         run_census(fed)
         prepared = run_prepare(fed, run_federated_qc(fed))
         config = base_round(fed, prepared)
+    public_scale = None
     with timed(fed, "autoencoder"):
-        ae = run_rounds(fed, Phase.AE, initial_weights(fed, Phase.AE), config)
+        if fed.cfg.model.pretrained:
+            # The public stage trained it: no autoencoder rounds, nothing of the sites' data.
+            ae, public_scale = public_autoencoder(fed)
+        else:
+            ae = run_rounds(fed, Phase.AE, initial_weights(fed, Phase.AE), config)
     with timed(fed, "latent scale"):
-        scale = run_latent_scale(fed, ae, config)
+        scale = run_latent_scale(fed, ae, config, known=public_scale)
         config.scale = scale
     with timed(fed, "LDM"):
         ldm = run_rounds(fed, Phase.LDM, initial_weights(fed, Phase.LDM), config)
