@@ -68,7 +68,28 @@ def study_cells(study: StudyConfig) -> list[Cell]:
         if mode not in MODES:
             raise ValueError(f"study.modes: unknown mode {mode!r}; use {list(MODES)}")
     order = sorted(study.modes, key=lambda m: MODES.index(m) if m != "federated" else -1)
-    return [Cell(v, m, p) for p in study.privacy for m in order for v in study.variants]
+    fine_tune = "privacy.trainable=conditioning" in study.dp_overrides
+    if fine_tune and any(p != "none" for p in study.privacy) and not study.pretrained:
+        raise ValueError(
+            "the DP cells fine-tune the conditioning path of a public model "
+            "(privacy.trainable=conditioning) but study.pretrained is empty; make one with "
+            "`g2i-pretrain data.root=PUBLIC run_dir=DIR` and pass study.pretrained=DIR/model"
+        )
+    return [
+        Cell(v, m, p)
+        for p in study.privacy
+        for m in order
+        for v in study.variants
+        if p == "none" or _dp_cell(study, m, v)
+    ]
+
+
+def _dp_cell(study: StudyConfig, mode: str, variant: str) -> bool:
+    """Whether (mode, variant) gets DP cells: ``study.dp_modes`` / ``dp_variants`` (empty =
+    all)."""
+    return (not study.dp_modes or mode in study.dp_modes) and (
+        not study.dp_variants or variant in study.dp_variants
+    )
 
 
 def cell_overrides(cell: Cell, study: StudyConfig, data_root: Path, run_dir: Path) -> list[str]:
@@ -83,6 +104,8 @@ def cell_overrides(cell: Cell, study: StudyConfig, data_root: Path, run_dir: Pat
     ]
     if cell.privacy != "none":
         items += list(study.dp_overrides)
+        if study.pretrained:
+            items.append(f"model.pretrained={Path(study.pretrained).resolve()}")
     return items
 
 
