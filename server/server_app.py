@@ -8,6 +8,11 @@ parts travel). Then the server generates the synthetic set from the federated pe
 genotype frequencies and shares it; each site scores it (downstream classifier real vs real +
 synthetic, aggregate memorisation audit) and returns summaries only. Every round is
 checkpointed with the server optimiser's state; rerunning a run folder resumes it.
+
+With a public stage (``model.pretrained``, made by ``g2i-pretrain``) phase 1 is the public
+autoencoder, sent to the sites with its scale (no moments of their data asked), and phase 2
+starts from the public denoiser; with ``privacy.trainable=conditioning`` the sites train and
+send back only the conditioning path, which the server lays over the global model.
 """
 
 from __future__ import annotations
