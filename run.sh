@@ -35,9 +35,15 @@ stamp cohort
 
 # A finished run folder is resumed (nothing left to do); start afresh for a new run.
 rm -rf "$RUN_DIR"
+# Every site trains at once, each with its share of the cores (at least one thread): Ray is
+# told there are NODES x PER CPUs, so on 2 cores the three sites share them instead of two
+# training while the third waits (measured on 2 cores: a round took 2.4x one site's compute
+# with two sites at a time, 1.7x with all three).
+NODES=3
+PER=$(( $(nproc) / NODES )); [ "$PER" -ge 1 ] || PER=1
 flwr run . --stream \
-  --run-config "experiment='fed_tiny' overrides='data.root=$DATA run_dir=$RUN_DIR federation.min_sites=3'" \
-  --federation-config "num-supernodes=3 client-resources-num-cpus=1"
+  --run-config "experiment='fed_tiny' overrides='data.root=$DATA run_dir=$RUN_DIR federation.min_sites=$NODES'" \
+  --federation-config "num-supernodes=$NODES client-resources-num-cpus=$PER init-args-num-cpus=$(( PER * NODES ))"
 stamp federation
 
 if [ -f "$RUN_DIR/synthetic/images.npz" ]; then

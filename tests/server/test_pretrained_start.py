@@ -59,7 +59,11 @@ def test_the_trained_subset_is_laid_over_the_global_model() -> None:
 
 
 def test_target_epsilon_counts_the_private_phase_at_the_expected_batch() -> None:
-    root = load_config("fed_tiny", ["privacy=dp_sgd", "privacy.expected_batch_size=32"])
+    root = load_config(
+        "fed_tiny",
+        ["privacy=dp_sgd", "privacy.expected_batch_size=32", "train.ldm_epochs=25",
+         "train.max_steps_ldm=0"],
+    )  # fmt: skip
     fed, train, privacy = (to_object(root[k]) for k in ("federation", "train", "privacy"))
     scratch = planned_dp_steps([64, 128], fed, train)
     public = planned_dp_steps([64, 128], fed, train, privacy, pretrained=True)
