@@ -43,6 +43,7 @@ LEDGER_FIELDS = (
     "epsilon",
     "delta",
     "noise_multiplier",
+    "sample_rate",
     "dp_steps",
 )
 
@@ -117,6 +118,7 @@ def privacy_ledger(
                     "epsilon": float(acc.get_epsilon(privacy.delta)),
                     "delta": privacy.delta,
                     "noise_multiplier": privacy.noise_multiplier,
+                    "sample_rate": q,
                     "dp_steps": k,
                 }
             )
