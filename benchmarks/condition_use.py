@@ -58,6 +58,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, required=True, help="prepared sites (pooled)")
     p.add_argument("--cohort", type=Path, default=None, help="cohort folder with truth/")
+    p.add_argument("--experiment", default="tiny", help="the config the run starts from")
     p.add_argument("--variants", nargs="+", default=["g2i_label_attn", "g2i_plus"])
     p.add_argument("--ae-steps", type=int, default=240)
     p.add_argument("--ldm-steps", type=int, default=480)
@@ -76,7 +77,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     torch.set_num_threads(args.threads)
-    cfg = load_config("tiny", [f"data.root={args.data}", *args.overrides])
+    cfg = load_config(args.experiment, [f"data.root={args.data}", *args.overrides])
     data, train_cfg = to_object(cfg.data), to_object(cfg.train)
     train_cfg = replace(
         train_cfg,

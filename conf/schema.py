@@ -180,6 +180,9 @@ class ModelConfig:
     # Loci (panel names) whose values get their own code in that route, and its width.
     major_loci: list[str] = field(default_factory=lambda: ["APOE_e4"])
     locus_embed_dim: int = 16
+    # g2i_plus: a major locus's codes, "value" (one free code per value) or "cumulative"
+    # (v copies = the codes of 0..v summed; g2i_models/condition_embedding.py).
+    locus_coding: str = "value"
     num_classes: int = 3
     # Autoencoder: len(ae_channels) - 1 downsamplings (3 levels = latents at 1/4 size).
     ae_channels: list[int] = field(default_factory=lambda: [32, 64, 64])

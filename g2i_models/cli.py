@@ -4,6 +4,7 @@
 ``g2i-train model=paper train.batch_size=4`` or ``g2i-train data.source=synthetic``.
 """
 
+
 from __future__ import annotations
 
 import argparse
@@ -26,6 +27,23 @@ from g2i_models.plots import CLASS_NAMES, save_sample_grid
 from preprocessing.errors import ModelInputError
 from preprocessing.site_inputs import decode_text
 
+TRAIN_USAGE = """usage: g2i-train [KEY=VALUE ...] [--help]
+
+Train the centralized baseline (autoencoder, then the conditional LDM) through the training
+core on the training split of data.root (one prepared site, a folder of them pooled, or a
+cohort a federation prepared), and write run_dir/{model/, samples.png, real.png, ae_loss.csv,
+ldm_loss.csv, metrics.json}.
+
+Keys (Hydra overrides of the root config; `conf/` holds every key):
+  data.root=DIR | data.source=synthetic     the data (synthetic: built-in test images)
+  experiment=tiny|fed_tiny|paper            a preset (paper: 256x256, for a GPU)
+  model.variant=g2i_plus|ldm_label|g2i|g2i_label_noattn|g2i_label_attn
+  train.ae_epochs=N train.ldm_epochs=N train.max_steps_ae=N train.max_steps_ldm=N
+  train.batch_size=N train.lr_ae=X train.lr_ldm=X train.ema=true|false
+  privacy=none|dp_sgd                       DP-SGD through Opacus, with its accountant
+  run_dir=DIR seed=N
+"""
+
 
 def setup_logging() -> None:
     """INFO logs of the project's console scripts, diffusers' own at ERROR."""
@@ -38,8 +56,12 @@ def setup_logging() -> None:
 
 def train_main(argv: Sequence[str] | None = None) -> int:
     """``g2i-train [hydra overrides...]``: train, then write the run folder (``run_dir``)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in args):
+        print(TRAIN_USAGE)
+        return 0
     setup_logging()
-    cfg = load_config(None, list(sys.argv[1:] if argv is None else argv))
+    cfg = load_config(None, args)
     try:
         train_set, val_set = load_datasets(to_object(cfg.data), seed=cfg.seed)
     except DataSourceError as err:

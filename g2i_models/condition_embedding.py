@@ -21,7 +21,9 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-from g2i_models.snp_encoder import N_GENOTYPE_TOKENS
+from g2i_models.snp_encoder import MISSING_GENOTYPE, N_GENOTYPE_TOKENS
+
+LOCUS_CODINGS = ("value", "cumulative")
 
 
 class ConditionEmbedding(ModelMixin, ConfigMixin):
@@ -30,13 +32,25 @@ class ConditionEmbedding(ModelMixin, ConfigMixin):
     ``num_classes`` 0 = no diagnosis (concat mode or a genotype-only model), ``n_major`` 0 =
     no major locus, ``pooled_dim`` 0 = no pooled genotype. Label index ``num_classes`` and
     locus value 4 are the null condition of classifier-free guidance.
+
+    ``locus_coding``: ``"value"``, one free code per value (0, 1, 2 copies, missing, null);
+    ``"cumulative"``, a genotyped value ``v`` is the sum of the codes of 0..v (a carrier of two
+    copies has the one-copy code plus its own), so the rare two-copy carriers start from what
+    every carrier taught the one-copy code; missing and null keep codes of their own.
     """
 
     @register_to_config
     def __init__(
-        self, time_embed_dim: int, num_classes: int = 3, n_major: int = 1, pooled_dim: int = 0
+        self,
+        time_embed_dim: int,
+        num_classes: int = 3,
+        n_major: int = 1,
+        pooled_dim: int = 0,
+        locus_coding: str = "value",
     ) -> None:
         super().__init__()
+        if locus_coding not in LOCUS_CODINGS:
+            raise ValueError(f"locus_coding {locus_coding!r}: use one of {list(LOCUS_CODINGS)}")
         self.label_embed = nn.Embedding(num_classes + 1, time_embed_dim) if num_classes else None
         self.locus_embed = (
             nn.Embedding(n_major * N_GENOTYPE_TOKENS, time_embed_dim) if n_major else None
@@ -64,8 +78,7 @@ class ConditionEmbedding(ModelMixin, ConfigMixin):
             k = major_values.shape[1]
             if k != self.config.n_major:
                 raise ValueError(f"built for {self.config.n_major} major loci, got {k}")
-            offsets = torch.arange(k, device=major_values.device) * N_GENOTYPE_TOKENS
-            parts.append(self.locus_embed(major_values.long() + offsets).sum(dim=1))
+            parts.append(self._loci(major_values.long()))
         if self.pooled_proj is not None:
             if pooled is None:
                 raise ValueError("this condition embedding needs the pooled genotype")
@@ -73,3 +86,19 @@ class ConditionEmbedding(ModelMixin, ConfigMixin):
         if not parts:
             raise ValueError("a condition embedding with no condition")
         return torch.stack(parts).sum(dim=0)
+
+    def _loci(self, values: torch.Tensor) -> torch.Tensor:
+        """(B, k) locus values -> (B, time_embed_dim), summed over the loci. One embedding
+        lookup (Opacus computes its per-sample gradients)."""
+        assert self.locus_embed is not None
+        k = values.shape[1]
+        offsets = torch.arange(k, device=values.device) * N_GENOTYPE_TOKENS
+        if self.config.locus_coding == "value":
+            return self.locus_embed(values + offsets).sum(dim=1)
+        levels = torch.arange(MISSING_GENOTYPE, device=values.device)  # codes of 0, 1, 2
+        v = values.unsqueeze(-1)  # (B, k, 1)
+        genotyped = v < MISSING_GENOTYPE
+        index = torch.where(genotyped, levels, v) + offsets.view(1, k, 1)  # (B, k, 3)
+        mask = torch.where(genotyped, levels <= v, levels == 0)
+        codes = self.locus_embed(index) * mask.unsqueeze(-1).to(self.locus_embed.weight.dtype)
+        return codes.sum(dim=(1, 2))

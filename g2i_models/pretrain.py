@@ -297,8 +297,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from g2i_models.cli import setup_logging
     from g2i_models.datasets import DataSourceError, load_split
 
+    args = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in args):
+        print("usage: g2i-pretrain data.root=PUBLIC run_dir=DIR [KEY=VALUE ...] [--help]\n")
+        print(__doc__)
+        return 0
     setup_logging()
-    cfg = load_config(None, list(sys.argv[1:] if argv is None else argv))
+    cfg = load_config(None, args)
     try:
         train_set = load_split(to_object(cfg.data), "train", cfg.seed)
     except DataSourceError as err:

@@ -186,6 +186,7 @@ def build_cond_embedding(cfg: ModelConfig, n_major: int) -> ConditionEmbedding |
         num_classes=cfg.num_classes if spec.label and cfg.label_mode == "embed" else 0,
         n_major=n_major,
         pooled_dim=cfg.snp_embed_dim,
+        locus_coding=cfg.locus_coding,
     )
 
 

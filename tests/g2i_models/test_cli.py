@@ -67,3 +67,14 @@ def test_centralized_dp_sgd_accounts_both_phases(tmp_path) -> None:
 def test_centralized_refuses_central_dp(tmp_path) -> None:
     with pytest.raises(ValueError, match="needs a federation"):
         train_main([*TINY, "privacy=central_dp", f"run_dir={tmp_path}"])
+
+
+def test_help_prints_usage_and_trains_nothing(tmp_path, capsys, monkeypatch) -> None:
+    from g2i_models.pretrain import main as pretrain_main
+
+    monkeypatch.chdir(tmp_path)
+    assert train_main(["--help"]) == 0
+    assert "usage: g2i-train" in capsys.readouterr().out
+    assert pretrain_main(["-h"]) == 0
+    assert "usage: g2i-pretrain" in capsys.readouterr().out
+    assert list(tmp_path.iterdir()) == []
