@@ -31,8 +31,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from conf import load_config, to_object  # noqa: E402
-from g2i_eval.effects import effect_recovery  # noqa: E402
-from g2i_eval.evaluation import stack_dataset  # noqa: E402
+from g2i_eval.effects import dx_areas, effect_recovery  # noqa: E402
+from g2i_eval.evaluation import conditions_from, stack_dataset  # noqa: E402
+from g2i_eval.morphometry import pixel_mm_for  # noqa: E402
 from g2i_models.autoencoder import (  # noqa: E402
     build_autoencoder,
     latent_moments,
@@ -48,7 +49,7 @@ from g2i_models.local_training import (  # noqa: E402
     make_loader,
     train_local,
 )
-from g2i_models.pipeline import G2IPipeline  # noqa: E402
+from g2i_models.pipeline import G2IPipeline, generate  # noqa: E402
 from g2i_models.train import condition_use, evaluate_autoencoder  # noqa: E402
 from g2i_models.unet import build_denoiser  # noqa: E402
 from simulations.truth_effects import true_ventricle_area_slope  # noqa: E402
@@ -64,7 +65,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--ldm-steps", type=int, default=480)
     p.add_argument("--ae-dir", type=Path, default=None, help="reuse / save the autoencoder")
     p.add_argument("--effect-samples", type=int, default=8)
+    p.add_argument("--dx-samples", type=int, default=24, help="images per diagnosis (areas)")
     p.add_argument("--sample-steps", type=int, default=20)
+    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale")
+    p.add_argument("--genotype-guidance", type=float, default=None, help="genotype's own scale")
     p.add_argument("--threads", type=int, default=int(os.environ.get("G2I_THREADS", "1")))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overrides", nargs="*", default=[], help="Hydra overrides (model, train)")
@@ -127,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             ae=ae,
             scheduler=scheduler,
             cond_dropout=mcfg.cond_dropout,
+            genotype_dropout=mcfg.genotype_dropout,
         )
         seconds = time.perf_counter() - t0
         use = condition_use(
@@ -136,7 +141,12 @@ def main(argv: list[str] | None = None) -> int:
         row.update(use)
         if true is not None and denoiser.snp_encoder is not None:
             pipe = G2IPipeline.from_parts(
-                ae, denoiser, scheduler, sample_steps=args.sample_steps, guidance_scale=1.0
+                ae,
+                denoiser,
+                scheduler,
+                sample_steps=args.sample_steps,
+                guidance_scale=args.guidance,
+                genotype_guidance_scale=args.genotype_guidance,
             )
             effect = effect_recovery(
                 pipe,
@@ -149,6 +159,11 @@ def main(argv: list[str] | None = None) -> int:
                 seed=args.seed,
             )
             paired = effect["paired"]
+            genotypes, labels = conditions_from(test, args.dx_samples, 3)
+            images = generate(pipe, genotypes, labels, seed=args.seed).cpu()
+            pixel_mm = pixel_mm_for(int(images.shape[-1]))
+            row["dx_area_mm2"] = dx_areas(images, labels, pixel_mm)
+            row["dx_area_mm2_real"] = dx_areas(test["images"], test["labels"], pixel_mm)
             row.update(
                 e4_ratio=paired["ratio"],
                 e4_ci=[paired["ratio_ci_low"], paired["ratio_ci_high"]],
@@ -162,6 +177,9 @@ def main(argv: list[str] | None = None) -> int:
         "ae_val_psnr": psnr,
         "ae_s": ae_s,
         "threads": args.threads,
+        "guidance": args.guidance,
+        "genotype_guidance": args.genotype_guidance,
+        "overrides": args.overrides,
         "load_average": os.getloadavg(),
         "true_slope_mm2_per_copy": None if true is None else true["slope_mm2_per_copy"],
         "variants": rows,

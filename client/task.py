@@ -355,6 +355,7 @@ def train_ldm_round(
         ae=ae,
         scheduler=build_noise_scheduler(model_cfg),
         cond_dropout=model_cfg.cond_dropout,
+        genotype_dropout=model_cfg.genotype_dropout,
     )
 
 

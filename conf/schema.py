@@ -180,9 +180,9 @@ class ModelConfig:
     # Loci (panel names) whose values get their own code in that route, and its width.
     major_loci: list[str] = field(default_factory=lambda: ["APOE_e4"])
     locus_embed_dim: int = 16
-    # g2i_plus: a major locus's codes, "value" (one free code per value) or "cumulative"
-    # (v copies = the codes of 0..v summed; g2i_models/condition_embedding.py).
-    locus_coding: str = "value"
+    # g2i_plus: a major locus's codes, "cumulative" (v copies = the codes of 0..v summed) or
+    # "value" (one free code per value); g2i_models/condition_embedding.py has the measurements.
+    locus_coding: str = "cumulative"
     num_classes: int = 3
     # Autoencoder: len(ae_channels) - 1 downsamplings (3 levels = latents at 1/4 size).
     ae_channels: list[int] = field(default_factory=lambda: [32, 64, 64])
@@ -213,6 +213,11 @@ class ModelConfig:
     sampler: str = "ddim"
     sample_steps: int = 50
     guidance_scale: float = 1.5
+    # The genotype's own guidance scale (None = guidance_scale, one formula for all conditions;
+    # g2i_models/diffusion.py::sample_latents) and the training's genotype-only dropout that it
+    # needs (the null genotype with the diagnosis kept).
+    genotype_guidance_scale: float | None = None
+    genotype_dropout: float = 0.0
     # A public-stage model folder (``g2i-pretrain``): the federation's autoencoder and UNet
     # start from it and the autoencoder phase is skipped; empty = train both from scratch.
     pretrained: str = ""

@@ -161,6 +161,7 @@ def train_centralized(
         ae=ae,
         scheduler=scheduler,
         cond_dropout=model_cfg.cond_dropout,
+        genotype_dropout=model_cfg.genotype_dropout,
     )
     ldm_history = result.history
     metrics["ldm_train_s"] = result.metrics["seconds"]

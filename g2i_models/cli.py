@@ -99,7 +99,16 @@ def _parse_generate(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--sampler", choices=["ddpm", "ddim", "dpm++"], default=None)
     parser.add_argument("--steps", type=int, default=None)
-    parser.add_argument("--guidance", type=float, default=None)
+    parser.add_argument(
+        "--guidance", type=float, default=None, help="classifier-free guidance scale"
+    )
+    parser.add_argument(
+        "--genotype-guidance",
+        type=float,
+        default=None,
+        help="the genotype's own guidance scale (default: the model's; a model trained with "
+        "genotype dropout)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--batch-size",
@@ -228,6 +237,7 @@ def _generate(args: argparse.Namespace) -> int:
         sampler=args.sampler,
         num_inference_steps=args.steps,
         guidance_scale=args.guidance,
+        genotype_guidance_scale=args.genotype_guidance,
         progress=True,
     ).cpu()
     args.out.mkdir(parents=True, exist_ok=True)

@@ -9,9 +9,15 @@ steps. A major locus gets the same kind of embedding per value (0/1/2 copies, mi
 the denoiser starts with distinct codes for e4 carriers and non-carriers and learns what
 separates their images, as it does for the diagnosis (same probe: ratio 0.44 [0.36, 0.52],
 0->1 step 182 mm^2 against the truth's 213). A code additive in the allele count
-(``base + dose * w``) did worse at the same training (0.22 [0.18, 0.27]): one free code per
-value it is. The pooled genotype (all SNPs) enters through a zero-initialised projection, so
-it starts with no effect.
+(``base + dose * w``) did worse at the same training (0.22 [0.18, 0.27]).
+
+On the paper-sized cohort (911 subjects, e4 homozygotes about 2% of them) one free code per
+value left the two-copy code barely trained: at 600 LDM steps (``fed_tiny`` settings, batch 4)
+the 1->2 step came out negative (0->1 +74, 1->2 -54 mm^2; ratio 0.05 [0.00, 0.10]). The
+default is now the cumulative coding, where two copies are the one-copy code plus a code of
+their own, so every carrier trains the shared part: same run, 0->1 +73, 1->2 +27, ratio 0.24
+[0.20, 0.28] (benchmarks/results/condition_use_probes.json). The pooled genotype (all SNPs)
+enters through a zero-initialised projection, so it starts with no effect.
 """
 
 from __future__ import annotations

@@ -79,6 +79,7 @@ def diffusion_loss(
     cond_dropout: float = 0.0,
     generator: torch.Generator | None = None,
     draws: int = 1,
+    genotype_dropout: float = 0.0,
 ) -> torch.Tensor:
     """MSE between the denoiser output and its target for scaled latents z0 (B, c, h, w).
 
@@ -87,6 +88,9 @@ def diffusion_loss(
     denoiser runs on B * draws rows; DP-SGD folds their per-row gradients back into one per
     example (``train.fold_draws``). The mean over all rows is the mean of the per-example
     means. ``denoiser`` is a ``ConditionalDenoiser`` or an Opacus wrapper of one.
+    ``cond_dropout``: the probability that a row gets the null condition (every condition);
+    ``genotype_dropout``: independently, that it gets the null genotype with its diagnosis
+    kept, which teaches the denoiser eps(diagnosis, no genotype) for genotype guidance.
     """
     if draws > 1:
         z0 = z0.repeat_interleave(draws, dim=0)
@@ -99,7 +103,11 @@ def diffusion_loss(
     )
     z_t = scheduler.add_noise(z0, noise, t)
     drop = condition_dropout_mask(b, cond_dropout, device, generator)
-    pred = denoiser(z_t, t, genotypes, labels, drop)
+    if genotype_dropout > 0:
+        drop_g = condition_dropout_mask(b, genotype_dropout, device, generator)
+        pred = denoiser(z_t, t, genotypes, labels, drop, drop_g)
+    else:
+        pred = denoiser(z_t, t, genotypes, labels, drop)
     return F.mse_loss(pred.float(), diffusion_target(scheduler, z0, noise, t).float())
 
 
@@ -114,13 +122,18 @@ def sample_latents(
     guidance_scale: float = 1.0,
     generator: torch.Generator | list[torch.Generator] | None = None,
     progress: bool = False,
+    genotype_guidance_scale: float | None = None,
 ) -> torch.Tensor:
     """Run the reverse process from noise to scaled latents (B, c, h, w).
 
     Classifier-free guidance: eps = eps_null + s * (eps_cond - eps_null); s = 1 skips the
-    null pass. ``generator`` may be one per image (a list of B): each image's initial noise
-    and, for DDPM, its step noise then come from its own generator, so an image does not
-    depend on what else is in the batch.
+    null pass. With a ``genotype_guidance_scale`` s_g (other than s, for a model trained with
+    genotype dropout), the genotype gets a term of its own:
+    eps = eps_null + s * (eps_dx - eps_null) + s_g * (eps_cond - eps_dx), where eps_dx has
+    the diagnosis and the null genotype (three passes; s_g = s is the plain formula).
+    ``generator`` may be one per image (a list of B): each image's initial noise and, for
+    DDPM, its step noise then come from its own generator, so an image does not depend on
+    what else is in the batch.
     """
     device = next(denoiser.parameters()).device
     b = shape[0]
@@ -128,16 +141,27 @@ def sample_latents(
         raise ValueError(f"{len(generator)} generators for a batch of {b} images")
     scheduler.set_timesteps(num_inference_steps, device=device)
     z = randn_tensor(shape, generator=generator, device=device) * scheduler.init_noise_sigma
-    guided = guidance_scale != 1.0
-    if guided:
-        genotypes = None if genotypes is None else torch.cat([genotypes, genotypes])
-        labels = None if labels is None else torch.cat([labels, labels])
-    drop = torch.arange(2 * b if guided else b, device=device) >= b
+    split = genotypes is not None and genotype_guidance_scale not in (None, guidance_scale)
+    passes = 3 if split else 2 if guidance_scale != 1.0 else 1
+    if passes > 1:
+        genotypes = None if genotypes is None else genotypes.repeat(passes, 1)
+        labels = None if labels is None else labels.repeat(passes)
+    rows = torch.arange(passes * b, device=device)
+    drop = (rows >= (passes - 1) * b) & (passes > 1)  # the last chunk: every condition null
+    drop_g = (rows >= b) & (rows < 2 * b) if split else None  # the diagnosis-only chunk
     for t in tqdm(scheduler.timesteps, disable=not progress, desc="sampling", leave=False):
-        z_in = scheduler.scale_model_input(torch.cat([z, z]) if guided else z, t)
+        z_in = scheduler.scale_model_input(z.repeat(passes, 1, 1, 1) if passes > 1 else z, t)
         t_batch = torch.full((z_in.shape[0],), int(t), device=device, dtype=torch.long)
-        pred = denoiser(z_in, t_batch, genotypes, labels, drop).float()
-        if guided:
+        pred = denoiser(z_in, t_batch, genotypes, labels, drop, drop_g).float()
+        if split:
+            cond, dx_only, null = pred.chunk(3)
+            assert genotype_guidance_scale is not None
+            pred = (
+                null
+                + guidance_scale * (dx_only - null)
+                + genotype_guidance_scale * (cond - dx_only)
+            )
+        elif passes == 2:
             cond, null = pred.chunk(2)
             pred = null + guidance_scale * (cond - null)
         z = scheduler.step(pred, t, z, generator=generator).prev_sample

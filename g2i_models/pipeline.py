@@ -68,6 +68,7 @@ class G2IPipeline(DiffusionPipeline):
         genotype_pool: str = "tokens",
         panel: Panel | None = None,
         cond_embedding: ConditionEmbedding | None = None,
+        genotype_guidance_scale: float | None = None,
     ) -> None:
         super().__init__()
         if panel is not None:
@@ -90,6 +91,7 @@ class G2IPipeline(DiffusionPipeline):
             versions=versions or library_versions(),
             genotype_pool=genotype_pool,
             panel=panel,
+            genotype_guidance_scale=genotype_guidance_scale,
         )
         # Validates the variant against the components (an SNP encoder when genotypes are used).
         self.denoiser = ConditionalDenoiser(
@@ -144,6 +146,7 @@ class G2IPipeline(DiffusionPipeline):
         generator: torch.Generator | list[torch.Generator] | None = None,
         output_type: str = "pt",
         progress: bool = False,
+        genotype_guidance_scale: float | None = None,
     ) -> torch.Tensor:
         """Generate images (B, 1, H, W) in [0, 1], or scaled latents if output_type="latent".
 
@@ -176,6 +179,11 @@ class G2IPipeline(DiffusionPipeline):
             cfg.guidance_scale if guidance_scale is None else guidance_scale,
             generator,
             progress,
+            genotype_guidance_scale=(
+                cfg.get("genotype_guidance_scale")
+                if genotype_guidance_scale is None
+                else genotype_guidance_scale
+            ),
         )
         if output_type == "latent":
             return z
@@ -188,6 +196,7 @@ def sampler_defaults(cfg: ModelConfig) -> dict[str, Any]:
         "sampler": cfg.sampler,
         "sample_steps": cfg.sample_steps,
         "guidance_scale": cfg.guidance_scale,
+        "genotype_guidance_scale": cfg.genotype_guidance_scale,
     }
 
 

@@ -266,6 +266,7 @@ def train_ldm(
     *,
     cond_dropout: float = 0.0,
     draws: int = 1,
+    genotype_dropout: float = 0.0,
     optimizer: torch.optim.Optimizer | None = None,
     ema: EMAModel | None = None,
     reference: Mapping[str, torch.Tensor] | None = None,
@@ -278,7 +279,8 @@ def train_ldm(
 
     Per batch: images (B, 1, H, W) -> scaled latents (B, c, H/4, W/4) -> add noise at random
     t -> predict -> MSE by ``prediction_type`` (eq. 11), conditions dropped with probability
-    ``cond_dropout`` (classifier-free guidance); ``draws`` (noise, t) draws per image, averaged
+    ``cond_dropout`` (classifier-free guidance), the genotype alone with probability
+    ``genotype_dropout`` (genotype guidance); ``draws`` (noise, t) draws per image, averaged
     per image (under DP-SGD before clipping, ``fold_draws``). ``denoiser`` may be an Opacus
     wrapper of a ``ConditionalDenoiser``; then pass its DP optimiser. ``ema`` is updated after
     every step. Only the parameters that require gradients train.
@@ -302,7 +304,14 @@ def train_ldm(
             with torch.no_grad():
                 z0 = encode_latents(ae, x).float()
             mse = diffusion_loss(
-                denoiser, scheduler, z0, genotypes, labels, cond_dropout, draws=draws
+                denoiser,
+                scheduler,
+                z0,
+                genotypes,
+                labels,
+                cond_dropout,
+                draws=draws,
+                genotype_dropout=genotype_dropout,
             )
             loss = mse
             if reference is not None and proximal_mu > 0:

@@ -232,6 +232,7 @@ class ConditionalDenoiser(nn.Module):
         genotypes: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         drop: torch.Tensor | None = None,
+        drop_genotype: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Predict the UNet target for noisy latents.
 
@@ -241,6 +242,8 @@ class ConditionalDenoiser(nn.Module):
             genotypes: (B, n_snps) int64 in {0, 1, 2, 3}; required by genotype variants.
             labels: (B,) int64 in [0, num_classes); required by label variants.
             drop: (B,) bool, True = use the null condition for that sample (guidance).
+            drop_genotype: (B,) bool, True = the null genotype only (the diagnosis kept):
+                the genotype's own guidance term.
 
         Returns:
             (B, c, h, w) prediction (epsilon for ``prediction_type="epsilon"``).
@@ -252,7 +255,8 @@ class ConditionalDenoiser(nn.Module):
         if self.spec.genotype:
             if genotypes is None:
                 raise ValueError(f"variant {self.variant!r} needs genotypes")
-            genotypes = torch.where(drop[:, None], NULL_GENOTYPE, genotypes.long())
+            null = drop if drop_genotype is None else drop | drop_genotype
+            genotypes = torch.where(null[:, None], NULL_GENOTYPE, genotypes.long())
             snp_tokens = self.snp_encoder(genotypes)  # (B, n_snps, d)
         onehot = None
         class_labels = None

@@ -59,3 +59,61 @@ def test_sample_latents(model_config, batch, sampler: str, guidance: float) -> N
     )  # fmt: skip
     assert z.shape == (4, 3, 4, 4)
     assert torch.isfinite(z).all()
+
+
+def test_genotype_guidance_is_its_own_term(model_config, batch) -> None:
+    """One DDIM step by hand: eps_null + s (eps_dx - eps_null) + s_g (eps_cond - eps_dx),
+    eps_dx with the null genotype and the diagnosis kept; s_g = s is the plain formula."""
+    cfg = model_config(variant="g2i_plus")
+    torch.manual_seed(0)
+    den = build_denoiser(cfg, N_SNPS, 4).eval()
+    g, y = batch["genotypes"], batch["label"]
+    shape, s, s_g = (4, 3, 4, 4), 1.5, 4.0
+
+    def run(**kw):
+        sched = sampling_scheduler(build_noise_scheduler(cfg), "ddim")
+        return sample_latents(den, sched, shape, g, y, 1, s, torch.Generator().manual_seed(3), **kw)
+
+    sched = sampling_scheduler(build_noise_scheduler(cfg), "ddim")
+    sched.set_timesteps(1)
+    t = sched.timesteps[0]
+    z = torch.randn(shape, generator=torch.Generator().manual_seed(3)) * sched.init_noise_sigma
+    tb = torch.full((4,), int(t), dtype=torch.long)
+    no, yes = torch.zeros(4, dtype=torch.bool), torch.ones(4, dtype=torch.bool)
+    with torch.no_grad():
+        cond = den(z, tb, g, y, no)
+        dx_only = den(z, tb, g, y, no, yes)
+        null = den(z, tb, g, y, yes)
+    assert (dx_only - cond).abs().max() > 0  # the genotype moves the prediction
+    assert (dx_only - null).abs().max() > 0  # the diagnosis too
+    split = null + s * (dx_only - null) + s_g * (cond - dx_only)
+    expected = sched.step(split, t, z).prev_sample
+    assert torch.allclose(run(genotype_guidance_scale=s_g), expected, atol=1e-5)
+    plain = sched.step(null + s * (cond - null), t, z).prev_sample
+    assert torch.allclose(run(genotype_guidance_scale=s), plain, atol=1e-5)
+    assert torch.allclose(run(), plain, atol=1e-5)
+
+
+def test_genotype_dropout_nulls_the_genotype_and_keeps_the_diagnosis(model_config) -> None:
+    cfg = model_config(variant="g2i_plus")
+    den = build_denoiser(cfg, N_SNPS, 4)
+    seen = {}
+
+    def spy(module, args, kwargs):
+        seen["drop"], seen["drop_g"] = args[4], args[5] if len(args) > 5 else None
+
+    den.register_forward_pre_hook(spy, with_kwargs=True)
+    s = build_noise_scheduler(cfg)
+    n = 4000
+    z0 = torch.randn(n, 3, 4, 4)
+    g, y = torch.randint(0, 3, (n, N_SNPS)), torch.randint(0, 3, (n,))
+    with torch.no_grad():
+        gen = torch.Generator().manual_seed(0)
+        diffusion_loss(den, s, z0, g, y, 0.1, gen, genotype_dropout=0.2)
+    drop, drop_g = seen["drop"], seen["drop_g"]
+    assert abs(drop.float().mean() - 0.1) < 0.02 and abs(drop_g.float().mean() - 0.2) < 0.02
+    # Independent draws: both happen at about 0.1 * 0.2.
+    assert abs((drop & drop_g).float().mean() - 0.02) < 0.01
+    with torch.no_grad():
+        diffusion_loss(den, s, z0[:8], g[:8], y[:8], 0.1, torch.Generator().manual_seed(0))
+    assert seen["drop_g"] is None  # no genotype dropout: the plain call
