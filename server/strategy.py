@@ -224,7 +224,9 @@ class GuardedStrategy(fl.Strategy):
             # Noise for the sites that replied: the mean is over len(good) clipped updates,
             # so its sensitivity is C / len(good), not C / (the number sampled).
             self.inner.num_sampled_clients = len(good)
-        return self.inner.aggregate_train(server_round, good)
+        # The phase's round number, not this start()'s: FedAdam / FedYogi / FedAdagrad
+        # correct their moments' bias by it, so a resumed run continues where it stopped.
+        return self.inner.aggregate_train(server_round + self.round_offset, good)
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
