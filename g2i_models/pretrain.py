@@ -43,7 +43,7 @@ from g2i_models.diffusion import build_noise_scheduler, diffusion_loss
 from g2i_models.local_training import derive_seed, make_loader, panel_names, train_local
 from g2i_models.panel import panel_config
 from g2i_models.pipeline import G2IPipeline, library_versions, sampler_defaults
-from g2i_models.snp_encoder import N_GENOTYPE_TOKENS, NULL_GENOTYPE
+from g2i_models.snp_encoder import MISSING_GENOTYPE, N_GENOTYPE_TOKENS, NULL_GENOTYPE
 from g2i_models.trainable import trainable_names
 from g2i_models.unet import ConditionalDenoiser, build_denoiser
 from preprocessing.panel import APOE_COLUMN
@@ -84,7 +84,12 @@ def start_at_null(denoiser: ConditionalDenoiser) -> None:
         ce.label_embed.weight[:] = ce.label_embed.weight[-1]
     if ce is not None and ce.locus_embed is not None:
         rows = ce.locus_embed.weight.view(-1, N_GENOTYPE_TOKENS, ce.locus_embed.weight.shape[1])
-        rows[:] = rows[:, NULL_GENOTYPE : NULL_GENOTYPE + 1]
+        null = rows[:, NULL_GENOTYPE : NULL_GENOTYPE + 1].clone()
+        rows[:] = null
+        if ce.config.locus_coding == "cumulative":
+            # v copies sum the rows of 0..v: the rows above 0 start at zero, so every value
+            # starts at the null code (not v + 1 times it).
+            rows[:, 1:MISSING_GENOTYPE] = 0
     class_embedding = getattr(denoiser.unet, "class_embedding", None)
     if isinstance(class_embedding, torch.nn.Embedding):
         class_embedding.weight[:] = class_embedding.weight[-1]

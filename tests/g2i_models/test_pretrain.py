@@ -76,6 +76,7 @@ def test_seeding_starts_every_condition_at_the_public_null_model(public_dir: Pat
     z = torch.randn(3, 3, 4, 4)
     t = torch.tensor([10, 500, 900])
     g = torch.randint(0, 3, (3, len(public)))
+    g[:, public.index("APOE_e4")] = torch.tensor([0, 1, 2])  # every e4 count (cumulative codes)
     y = torch.tensor([0, 1, 2])
     null = torch.full((3, len(public)), NULL_GENOTYPE)
     with torch.no_grad():
