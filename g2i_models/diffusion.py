@@ -103,11 +103,12 @@ def diffusion_loss(
     )
     z_t = scheduler.add_noise(z0, noise, t)
     drop = condition_dropout_mask(b, cond_dropout, device, generator)
-    if genotype_dropout > 0:
-        drop_g = condition_dropout_mask(b, genotype_dropout, device, generator)
-        pred = denoiser(z_t, t, genotypes, labels, drop, drop_g)
-    else:
-        pred = denoiser(z_t, t, genotypes, labels, drop)
+    drop_g = (
+        condition_dropout_mask(b, genotype_dropout, device, generator)
+        if genotype_dropout > 0
+        else None
+    )
+    pred = denoiser(z_t, t, genotypes, labels, drop, drop_g)
     return F.mse_loss(pred.float(), diffusion_target(scheduler, z0, noise, t).float())
 
 
