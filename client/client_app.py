@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 
 from client import task
 from client.audit import audit_mod
+from client.count_release import CENSUS_SENSITIVITY, CountNoise, charge
 from client.errors import sanitising_mod
 from client.policy import ReleaseRefused, SiteRuntime, compose, site_privacy
 from client.site import set_site_threads
@@ -93,11 +94,21 @@ def _once(runtime: SiteRuntime, kind: str) -> None:
     runtime.releases.check(runtime.run_id, kind)
 
 
+def _charge(site: task.Site, runtime: SiteRuntime, kind: str) -> CountNoise | None:
+    """The noise of a count release under the site's policy, charged to its ledger."""
+    return charge(site.ledger, runtime.policy, str(kind))
+
+
 def census(msg: Message, context: Context) -> Message:
     """Aggregate counts: subjects per diagnosis, scans, genotyped samples."""
-    cfg, runtime, _ = _setup(context)
+    cfg, runtime, site = _setup(context)
     counts = site_census(runtime.data_dir, _data(cfg, runtime))
+    noise = _charge(site, runtime, Query.CENSUS)
+    if noise is not None:
+        counts = noise.census(counts)
     counts, small = task.suppress_counts(counts, runtime.policy.min_cell_size)
+    if noise is not None:
+        small.append(noise.note(CENSUS_SENSITIVITY))
     reply = CensusReply(runtime.data_dir.name, counts, small)
     return Message(reply.to_record(), reply_to=msg)
 
@@ -107,7 +118,8 @@ def qc_counts(msg: Message, context: Context) -> Message:
     cfg, runtime, site = _setup(context)
     _once(runtime, Query.QC_COUNTS)
     qc = runtime.policy.qc
-    counts, notes = task.qc_counts(site, qc, runtime.policy.min_cell_size)
+    noise = _charge(site, runtime, Query.QC_COUNTS)
+    counts, notes = task.qc_counts(site, qc, runtime.policy.min_cell_size, noise)
     reply = QCCountsReply(counts, asdict(qc), notes)
     runtime.releases.record(runtime.run_id, Query.QC_COUNTS)
     return Message(reply.to_record(), reply_to=msg)
@@ -124,6 +136,7 @@ def prepare(msg: Message, context: Context) -> Message:
         decision,
         runtime.policy.split_seed,
         runtime.policy.min_cell_size,
+        _charge(site, runtime, Query.PREPARE),
     )
     runtime.releases.record(runtime.run_id, Query.PREPARE)
     return Message(PrepareReply(counts, snps, per_dx, notes).to_record(), reply_to=msg)

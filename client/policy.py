@@ -82,6 +82,7 @@ def policy_from_config(cfg: DictConfig) -> SitePolicy:
         privacy_mode=mode,
         min_noise_multiplier=float(privacy.noise_multiplier) if mode != PrivacyMode.none else 0,
         epsilon_budget=float(privacy.epsilon_budget),
+        count_noise_multiplier=float(privacy.count_noise_multiplier),
         delta=float(privacy.delta),
         qc=OmegaConf.to_object(data.qc),
         val_fraction=float(data.val_fraction),

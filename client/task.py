@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from client.count_release import CountNoise
 from conf.schema import (
     DataConfig,
     EvaluationConfig,
@@ -90,10 +91,18 @@ def resolve_site(
 # ---- phase 0: federated QC, then the local dataset -------------------------------------
 
 
-def qc_counts(site: Site, qc: QCConfig, min_cell: int = 1) -> tuple[SiteCounts, list[str]]:
+def qc_counts(
+    site: Site, qc: QCConfig, min_cell: int = 1, noise: CountNoise | None = None
+) -> tuple[SiteCounts, list[str]]:
     """Per-SNP genotype counts after the site's --mind (aggregate only), with no count
-    behind fewer than ``min_cell`` subjects; and the notes naming what was suppressed."""
-    return released_site_counts(site.data_dir / "genotypes", qc, min_cell)
+    behind fewer than ``min_cell`` subjects (``noise``: Gaussian noise first, then the rule
+    on the noisy sizes); and the notes naming what was suppressed or noised."""
+    if noise is None:
+        return released_site_counts(site.data_dir / "genotypes", qc, min_cell)
+    counts, notes = released_site_counts(
+        site.data_dir / "genotypes", qc, min_cell, noise.multiplier, noise.rng
+    )
+    return counts, [*notes, f"site epsilon now {noise.epsilon:.3f}"]
 
 
 def suppress_counts(counts: Mapping[str, int], min_cell: int) -> tuple[dict[str, int], list[str]]:
@@ -108,6 +117,7 @@ def prepare(
     decision: FederatedQCResult | None,
     seed: int,
     min_cell: int = 1,
+    noise: CountNoise | None = None,
 ) -> tuple[dict[str, int], list[str], np.ndarray, list[str]]:
     """Apply the keep-list, build the panel and the slice cache.
 
@@ -115,7 +125,9 @@ def prepare(
         counts (subjects per split, exclusions), SNP names, the per-diagnosis genotype
         counts of the training split: (3, n_snps, 4) int64 over codes 0/1/2/missing, zero
         for a diagnosis with fewer than ``min_cell`` training subjects, and the names of
-        what was suppressed.
+        what was suppressed. With ``noise`` every count is noised first (a subject moves
+        one cell per SNP and at most two split counts: sensitivity sqrt(n_snps + 2)) and the
+        small-cell rule reads the noisy values.
     """
     source = partial(site_genotype_panel, work_dir=site.work_dir, qc=data.qc, decision=decision)
     key = QCDecision(decision).digest() if decision is not None else ""
@@ -127,17 +139,26 @@ def prepare(
     per_dx = np.zeros((len(LABELS), geno.shape[1], 4), dtype=np.int64)
     for s in ds.subjects:
         per_dx[s["label"], np.arange(geno.shape[1]), geno[s["row"]]] += 1
-    group_sizes = np.bincount([s["label"] for s in ds.subjects], minlength=len(LABELS))
-    suppressed = []
-    for k, n in enumerate(group_sizes):
-        if 0 < n < min_cell:
-            per_dx[k] = 0
-            suppressed.append(f"per-dx {LABELS[k]}: {n} < {min_cell} subjects, suppressed")
     counts = {
         f"n-{split}": sum(s["split"] == split for s in manifest["subjects"])
         for split in ("train", "val", "test")
     }
     counts["n-excluded"] = len(manifest["exclusions"])
+    suppressed = []
+    if noise is not None:
+        sensitivity = float(np.sqrt(geno.shape[1] + 2))
+        per_dx = noise.gaussian(per_dx, sensitivity)
+        noisy = noise.gaussian(list(counts.values()), sensitivity)
+        counts = {k: int(v) for k, v in zip(counts, noisy, strict=True)}
+        suppressed.append(noise.note(sensitivity))
+        # A diagnosis's noisy size: its per-SNP totals, averaged (post-processing).
+        group_sizes = np.rint(per_dx.sum(axis=2).mean(axis=1)).astype(np.int64)
+    else:
+        group_sizes = np.bincount([s["label"] for s in ds.subjects], minlength=len(LABELS))
+    for k, n in enumerate(group_sizes):
+        if 0 < n < min_cell:
+            per_dx[k] = 0
+            suppressed.append(f"per-dx {LABELS[k]}: {n} < {min_cell} subjects, suppressed")
     counts, small = suppress_counts(counts, min_cell)
     suppressed += [f"{k}: fewer than {min_cell}, sent as 0" for k in small]
     return counts, list(manifest["snp_names"]), per_dx, suppressed

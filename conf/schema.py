@@ -307,8 +307,14 @@ class PrivacyConfig:
     augment_multiplicity: int = 1
     # Expected Poisson batch of DP-SGD (sample rate = 1 / (n // expected)); 0 = train.batch_size.
     expected_batch_size: int = 0
+    # Gaussian noise on every count a site releases (census, QC counts, per-diagnosis
+    # genotype counts): std = this x the release's L2 sensitivity to one subject; 0 = exact
+    # counts (after cell suppression). Each release is charged to the site's privacy ledger.
+    count_noise_multiplier: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.count_noise_multiplier < 0:
+            raise ConfigConflictError("privacy.count_noise_multiplier must be >= 0")
         if self.trainable not in TRAINABLE_SUBSETS:
             raise ConfigConflictError(
                 f"privacy.trainable={self.trainable!r}; choose one of {list(TRAINABLE_SUBSETS)}"
@@ -382,6 +388,9 @@ class SitePolicy:
     split_seed: int = 0
     # A released count describing fewer subjects than this is suppressed or merged.
     min_cell_size: int = 10
+    # Gaussian noise on every released count, std = this x the release's L2 sensitivity to
+    # one subject (0 = exact counts); each release is charged to the lifetime ledger.
+    count_noise_multiplier: float = 0.0
     # The memorisation audit of the shared synthetic set: on or off, at most once per run,
     # at most ``audit_max_runs`` times over the site's lifetime, with this quantile.
     audit: bool = True
@@ -413,6 +422,8 @@ class SitePolicy:
     def __post_init__(self) -> None:
         if self.min_noise_multiplier < 0 or self.epsilon_budget < 0:
             raise ConfigConflictError("policy: min_noise_multiplier and epsilon_budget >= 0")
+        if self.count_noise_multiplier < 0:
+            raise ConfigConflictError("policy.count_noise_multiplier must be >= 0")
         if not 0 < self.delta < 1:
             raise ConfigConflictError(f"policy.delta must be in (0, 1), got {self.delta}")
         if self.min_cell_size < 1:

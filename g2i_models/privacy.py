@@ -32,27 +32,36 @@ class PrivacyBudgetExceeded(RuntimeError):
 
 @dataclass
 class PrivacyLedger:
-    """One site's accountant history: (noise_multiplier, sample_rate, steps) per run."""
+    """One site's privacy spend: the DP-SGD accountant's history (noise_multiplier,
+    sample_rate, steps) per run, and the Gaussian count releases (noise multiplier, what was
+    released; ``client.count_release``). Both compose in one RDP accountant."""
 
     history: list[tuple[float, float, int]] = field(default_factory=list)
+    releases: list[tuple[float, str]] = field(default_factory=list)
 
     @classmethod
     def load(cls, path: str | Path) -> PrivacyLedger:
         p = Path(path)
         if not p.exists():
             return cls()
-        return cls([tuple(h) for h in json.loads(p.read_text())["history"]])
+        state = json.loads(p.read_text())
+        return cls(
+            [tuple(h) for h in state["history"]],
+            [(float(z), str(kind)) for z, kind in state.get("releases", [])],
+        )
 
     def save(self, path: str | Path) -> None:
         p = Path(path)
         p.parent.mkdir(parents=True, exist_ok=True)
         tmp = p.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"history": self.history}) + "\n")
+        tmp.write_text(json.dumps({"history": self.history, "releases": self.releases}) + "\n")
         tmp.replace(p)
 
     def epsilon(self, delta: float, extra: tuple[float, float, int] | None = None) -> float:
-        """Epsilon spent (RDP accountant), optionally after one more planned run."""
-        history = self.history + ([extra] if extra else [])
+        """Epsilon spent (RDP accountant), optionally after one more planned run. A count
+        release is one Gaussian mechanism: a step at sample rate 1."""
+        history = [*self.history, *((z, 1.0, 1) for z, _ in self.releases)]
+        history += [extra] if extra else []
         if not history:
             return 0.0
         acc = RDPAccountant()
@@ -61,6 +70,7 @@ class PrivacyLedger:
 
     @property
     def steps(self) -> int:
+        """DP-SGD steps (count releases not included)."""
         return int(sum(h[2] for h in self.history))
 
 

@@ -178,12 +178,40 @@ def site_counts(bfile: str | Path | PlinkFileset, config: QCConfig | QCThreshold
 
 
 def released_site_counts(
-    bfile: str | Path | PlinkFileset, config: QCConfig | QCThresholds, min_cell: int
+    bfile: str | Path | PlinkFileset,
+    config: QCConfig | QCThresholds,
+    min_cell: int,
+    noise_multiplier: float = 0.0,
+    rng: np.random.Generator | None = None,
 ) -> tuple[SiteCounts, list[str]]:
-    """``site_counts`` with no count describing fewer than ``min_cell`` subjects, directly or
-    by differencing two released groups (``suppress_small_cells``)."""
+    """``site_counts`` as a site releases them, and notes naming what changed.
+
+    Exact (``noise_multiplier`` 0): no count describes fewer than ``min_cell`` subjects,
+    directly or by differencing two released groups (``suppress_small_cells``). Noised:
+    Gaussian noise of std ``noise_multiplier`` x ``counts_sensitivity`` on every value
+    (``noisy_site_counts``, draws from ``rng``), then a group whose *noisy* size is below
+    ``min_cell`` is suppressed (post-processing of the noisy values only)."""
     counts, masks = _site_counts_and_groups(bfile, config)
-    return suppress_small_cells(counts, masks, min_cell)
+    if noise_multiplier <= 0:
+        return suppress_small_cells(counts, masks, min_cell)
+    if rng is None:
+        raise ValueError("noised QC counts need the site's secret generator")
+    sensitivity = counts_sensitivity(counts)
+    out = noisy_site_counts(counts, noise_multiplier * sensitivity, rng)
+    notes = [
+        f"Gaussian noise, std {noise_multiplier:g} x L2 sensitivity {sensitivity:.1f} "
+        "on every count"
+    ]
+    for g in range(N_GROUPS):
+        if 0 < out.sizes[g] < min_cell:
+            notes.append(f"{GROUP_LABELS[g]}: suppressed (noisy size < {min_cell})")
+            out.counts[g] = 0
+            out.sizes[g] = 0
+    if 0 < out.n_removed_mind < min_cell:
+        out.n_removed_mind = 0
+    if 0 < out.n_controls < min_cell:
+        out.n_controls = 0
+    return out, notes
 
 
 GROUP_LABELS = (
@@ -258,6 +286,67 @@ def suppress_small_cells(
     return out, notes
 
 
+def _fit_calls(calls: np.ndarray, size: int) -> None:
+    """In place: where a SNP's noisy calls (3, n) add up to more than the group's noisy
+    size, take the excess off its largest call counts (no negative missing count)."""
+    cols = np.arange(calls.shape[1])
+    for _ in range(MISSING):  # three passes always suffice: the calls hold the excess
+        excess = np.maximum(calls.sum(axis=0) - max(size, 0), 0)
+        top = calls.argmax(axis=0)
+        calls[top, cols] -= np.minimum(calls[top, cols], excess)
+
+
+def counts_sensitivity(counts: SiteCounts) -> float:
+    """L2 sensitivity of a released ``SiteCounts`` to adding or removing one subject. In each
+    released group (a male founder control is in all six) the subject moves one of the
+    three call counts of every SNP the group covers, or none when its call is missing, and
+    the group's size; and the sample, --mind and control totals by one each."""
+    cover = {g: counts.chrom.size for g in COMMON_GROUPS}
+    n_xy = int(np.count_nonzero((counts.chrom == CHROM_X) | (counts.chrom == CHROM_Y)))
+    cover |= {g: n_xy for g in MALE_GROUPS}
+    released = [g for g in range(N_GROUPS) if counts.present[g] and counts.sizes[g] > 0]
+    return float(np.sqrt(sum(cover[g] + 1 for g in released) + 3))
+
+
+def noisy_site_counts(
+    counts: SiteCounts, std: float, rng: np.random.Generator
+) -> SiteCounts:
+    """``counts`` with Gaussian noise of ``std`` on every released value (the call counts
+    and size of each released group, the three totals), each draw independent; then rounded
+    and made consistent (no negative count, a group at least as large as its calls, the
+    sample total at least as large as any group): post-processing, no further privacy cost.
+    A suppressed group stays zero."""
+    out = SiteCounts(**{**counts.__dict__, "counts": np.zeros_like(counts.counts)})
+
+    def noisy(values: np.ndarray | int) -> np.ndarray:
+        v = np.asarray(values, dtype=np.float64)
+        return np.maximum(np.rint(v + rng.normal(0.0, std, v.shape)), 0).astype(np.int64)
+
+    sizes = np.zeros(N_GROUPS, dtype=np.int64)
+    for g in range(N_GROUPS):
+        if not (counts.present[g] and counts.sizes[g] > 0):
+            continue
+        calls = noisy(counts.counts[g, :MISSING])
+        sizes[g] = int(noisy(counts.sizes[g]))
+        _fit_calls(calls, sizes[g])
+        out.counts[g, :MISSING] = calls
+    # A male group is part of its parent: on chrX/chrY its calls cannot exceed the parent's
+    # (the pooled chrX HWE test reads their difference, the non-male founders).
+    xy = np.flatnonzero((counts.chrom == CHROM_X) | (counts.chrom == CHROM_Y))
+    for male, parent in zip(MALE_GROUPS, COMMON_GROUPS, strict=True):
+        calls = out.counts[male, :MISSING]  # a view
+        calls[:, xy] = np.minimum(calls[:, xy], out.counts[parent, :MISSING][:, xy])
+        sizes[male] = min(sizes[male], sizes[parent])
+        _fit_calls(calls, sizes[male])
+    for g in range(N_GROUPS):
+        out.counts[g, MISSING] = sizes[g] - out.counts[g, :MISSING].sum(axis=0)
+    out.sizes = sizes
+    out.n_samples = max(int(noisy(counts.n_samples)), int(sizes.max(initial=0)))
+    out.n_removed_mind = int(noisy(counts.n_removed_mind))
+    out.n_controls = int(noisy(counts.n_controls))
+    return out
+
+
 def _smallest_small_atom(
     member: np.ndarray, released: list[int], min_cell: int
 ) -> tuple[np.ndarray, int] | None:
@@ -293,7 +382,7 @@ def _site_counts_and_groups(
     counts = group_counts(fs, groups).astype(np.int64)
     counts[~present] = 0
     masks = np.stack(groups.masks())
-    masks[~present] = False
+    masks[~present] = False  # a group the filters do not read is neither counted nor sized
     return SiteCounts(
         counts=counts,
         chrom=fs.bim.chrom.copy(),
@@ -302,7 +391,7 @@ def _site_counts_and_groups(
         n_removed_mind=int(removed.sum()),
         case_control=fam.case_control,
         n_controls=int(np.count_nonzero(fam.control & ~removed)),
-        sizes=np.array([int(np.count_nonzero(m)) for m in groups.masks()], dtype=np.int64),
+        sizes=masks.sum(axis=1).astype(np.int64),
         present=present,
     ), masks
 

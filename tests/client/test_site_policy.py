@@ -253,3 +253,95 @@ def test_release_log_lives_on_the_site_disk(hospital: dict) -> None:
     cc.qc_counts(sent(5, Query.QC_COUNTS.message_type), _ctx(hospital))
     log = json.loads((hospital["work"] / "site-1" / "releases.json").read_text())
     assert log["runs"]["7"][Query.QC_COUNTS] is True
+
+
+# ---- calibrated noise on released counts (policy count_noise_multiplier) -------------------
+
+
+def _ledger(hospital: dict):  # noqa: ANN202
+    from g2i_models.privacy import PrivacyLedger
+
+    return PrivacyLedger.load(hospital["work"] / "site-1" / "privacy" / "ledger.json")
+
+
+def test_noised_counts_are_charged_to_the_lifetime_ledger_and_stop_at_the_budget(
+    hospital: dict,
+) -> None:
+    """Each count release costs alpha / (2 z^2) in RDP, composed with DP-SGD's spend in the
+    site's lifetime ledger; the release that would pass the budget is refused and costs
+    nothing."""
+    from g2i_models.privacy import PrivacyBudgetExceeded, PrivacyLedger
+
+    z, delta = 4.0, 1e-5
+    one, two, three = (
+        PrivacyLedger(releases=[(z, "census")] * k).epsilon(delta) for k in (1, 2, 3)
+    )
+    assert 0 < one < two < three
+    # Renyi DP of the Gaussian mechanism, converted with the classic bound: an upper bound.
+    alphas = np.array([1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64)))
+    classic = float(np.min(alphas / (2 * z**2) + np.log(1 / delta) / (alphas - 1)))
+    assert one <= classic
+    hospital["policy"].write_text(
+        f"min_cell_size: 10\ncount_noise_multiplier: {z}\nepsilon_budget: {(two + three) / 2}\n"
+    )
+    msg = sent(5, Query.CENSUS.message_type)
+    first = CensusReply.from_record(cc.census(msg, _ctx(hospital, run_id=1)).content)
+    assert any("noised" in note and f"{one:.3f}" in note for note in first.suppressed)
+    cc.census(msg, _ctx(hospital, run_id=2))  # a new run: the lifetime ledger carries on
+    assert [kind for _, kind in _ledger(hospital).releases] == ["census", "census"]
+    assert _ledger(hospital).epsilon(delta) == pytest.approx(two)
+    with pytest.raises(PrivacyBudgetExceeded, match="past the budget"):
+        cc.qc_counts(sent(5, Query.QC_COUNTS.message_type), _ctx(hospital, run_id=3))
+    assert len(_ledger(hospital).releases) == 2
+
+
+def test_the_server_cannot_reproduce_or_average_away_count_noise(hospital: dict) -> None:
+    """Identical requests in two runs get independent noise of the stated size: nothing the
+    server sends fixes the draws, and only the ledger's budget limits how many it gets."""
+    from conf.schema import QCConfig
+    from preprocessing.federated_qc import counts_sensitivity
+
+    z = 0.05
+    hospital["policy"].write_text(
+        f"min_cell_size: 1\ncount_noise_multiplier: {z}\nepsilon_budget: 0\n"  # 0: no cap
+    )
+    msg = sent(5, Query.QC_COUNTS.message_type)
+    a, b = (
+        QCCountsReply.from_record(cc.qc_counts(msg, _ctx(hospital, run_id=r)).content).counts
+        for r in (1, 2)
+    )
+    exact = site_counts(hospital["data"] / "genotypes", QCConfig())
+    g = int(np.flatnonzero(exact.present)[0])
+    std = z * counts_sensitivity(exact)
+    da = a.counts[g, :3] - exact.counts[g, :3]
+    db = b.counts[g, :3] - exact.counts[g, :3]
+    assert not np.array_equal(a.counts, b.counts)
+    # Post-processing touches cells near 0 (clipping) and each SNP's largest call count
+    # (calls may not exceed the noisy size); elsewhere the draws are N(0, (z x sensitivity)^2)
+    # and independent between the two runs.
+    calls = exact.counts[g, :3]
+    top = calls == calls.max(axis=0)
+    away = (calls > 3 * std) & ~top
+    assert away.sum() > 100
+    assert abs(np.corrcoef(da[away], db[away])[0, 1]) < 0.1
+    assert np.std(da[away]) == pytest.approx(std, rel=0.15)
+    assert (a.counts >= 0).all() and (a.sizes[g] >= a.counts[g, :3].sum(axis=0)).all()
+
+
+def test_per_diagnosis_counts_are_noised_at_prepare(hospital: dict) -> None:
+    from client import task
+    from client.count_release import CountNoise
+
+    cfg, runtime, site = cc._setup(_ctx(hospital))
+    data = cc._data(cfg, runtime)
+    counts, snps, exact, _ = task.prepare(site, data, None, 0, 1)
+    z = 0.05
+    noisy_counts, _, noisy, notes = task.prepare(
+        site, data, None, 0, 1, CountNoise(z, np.random.default_rng(1), 0.5)
+    )
+    std = z * np.sqrt(len(snps) + 2)
+    assert noisy.shape == exact.shape and any("noised" in n for n in notes)
+    away = exact > 3 * std
+    assert away.sum() > 100
+    assert np.std(noisy[away] - exact[away]) == pytest.approx(std, rel=0.15)
+    assert set(noisy_counts) == set(counts)

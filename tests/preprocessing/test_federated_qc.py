@@ -31,24 +31,26 @@ from tests.preprocessing.test_qc import plink_counts
 pytestmark = needs_plink
 
 
+def plink_samples(bfile: Path, flag: str, rows: np.ndarray, out: Path) -> Path:
+    """``plink1.9 --keep`` / ``--remove`` of the samples at ``rows`` (same .bim)."""
+    fam = read_plink(bfile).fam
+    ids = out.with_name(f"{out.name}-samples.txt")
+    ids.write_text("".join(f"{fam.fid[i]} {fam.iid[i]}\n" for i in rows))
+    proc = run_plink(
+        "--bfile", str(bfile), flag, str(ids), "--keep-allele-order", "--make-bed",
+        "--out", str(out),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout
+    return out
+
+
 def split_sites(bfile: Path, tmp: Path, n_sites: int = 3, seed: int = 0) -> list[Path]:
     """Split the samples of ``bfile`` into sites (same .bim everywhere)."""
-    fam = read_plink(bfile).fam
-    site_of = np.random.default_rng(seed).integers(0, n_sites, fam.n)
-    sites = []
-    for k in range(n_sites):
-        keep = tmp / f"keep-{k}.txt"
-        keep.write_text(
-            "".join(f"{fam.fid[i]} {fam.iid[i]}\n" for i in np.flatnonzero(site_of == k))
-        )
-        out = tmp / f"site-{k}"
-        proc = run_plink(
-            "--bfile", str(bfile), "--keep", str(keep), "--keep-allele-order",
-            "--make-bed", "--out", str(out),
-        )  # fmt: skip
-        assert proc.returncode == 0, proc.stdout
-        sites.append(out)
-    return sites
+    site_of = np.random.default_rng(seed).integers(0, n_sites, read_plink(bfile).fam.n)
+    return [
+        plink_samples(bfile, "--keep", np.flatnonzero(site_of == k), tmp / f"site-{k}")
+        for k in range(n_sites)
+    ]
 
 
 @pytest.mark.parametrize(
@@ -93,7 +95,7 @@ def test_three_sites_give_plinks_pooled_result(flags: dict, tmp_path: Path) -> N
         # and its genotypes are plink's merged output restricted to the site's samples
         sub = tmp_path / f"ref-{k}"
         run_plink(
-            "--bfile", str(ref), "--keep", str(tmp_path / f"keep-{k}.txt"),
+            "--bfile", str(ref), "--keep", str(tmp_path / f"site-{k}-samples.txt"),
             "--keep-allele-order", "--make-bed", "--out", str(sub),
         )  # fmt: skip
         mine = read_outputs(tmp_path / f"qc-{k}")
@@ -157,3 +159,34 @@ def test_a_group_equal_to_another_travels_once(tmp_path: Path) -> None:
     pooled = federated_variant_qc([SiteCounts.from_arrays(arrays)], cfg)
     local = run_qc(ref, cfg)
     np.testing.assert_array_equal(pooled.status, local.variant_status)
+
+
+def test_counts_sensitivity_bounds_what_one_subject_changes(tmp_path: Path) -> None:
+    """Against the definition: the released values with and without one subject differ by
+    at most ``counts_sensitivity`` in L2, and a subject in every group comes close to it."""
+    from preprocessing.federated_qc import counts_sensitivity
+
+    source = random_fileset(tmp_path / "s", seed=6)
+    bfile = tmp_path / "sorted"  # plink --make-bed sorts the variants: compare like with like
+    assert run_plink("--bfile", str(source), "--make-bed", "--out", str(bfile)).returncode == 0
+    cfg = qc_config(mind=0.1, geno=0.05, hwe=1e-3, maf=0.01)
+    full = site_counts(bfile, cfg)
+    bound = counts_sensitivity(full)
+    fam = read_plink(bfile).fam
+    in_all = np.flatnonzero(fam.male & fam.founder & fam.control)
+    others = np.flatnonzero(~(fam.male & fam.founder & fam.control))
+    assert in_all.size and others.size
+
+    def released(c: SiteCounts) -> np.ndarray:
+        g = np.flatnonzero(full.present)
+        return np.concatenate(
+            [c.counts[g, :3].ravel(), c.sizes[g], [c.n_samples, c.n_removed_mind, c.n_controls]]
+        )
+
+    norms = []
+    for i in [*in_all[:3], *others[:2]]:
+        out = plink_samples(bfile, "--remove", np.array([i]), tmp_path / f"without-{i}")
+        diff = released(full) - released(site_counts(out, cfg))
+        norms.append(float(np.linalg.norm(diff)))
+    assert max(norms) <= bound
+    assert max(norms[:3]) >= 0.9 * bound  # the bound is tight for a subject in every group
