@@ -103,12 +103,15 @@ def census(msg: Message, context: Context) -> Message:
     """Aggregate counts: subjects per diagnosis, scans, genotyped samples."""
     cfg, runtime, site = _setup(context)
     counts = site_census(runtime.data_dir, _data(cfg, runtime))
+    if runtime.policy.count_noise_multiplier > 0:  # a noisy census costs budget: once a run
+        _once(runtime, Query.CENSUS)
     noise = _charge(site, runtime, Query.CENSUS)
     if noise is not None:
         counts = noise.census(counts)
     counts, small = task.suppress_counts(counts, runtime.policy.min_cell_size)
     if noise is not None:
         small.append(noise.note(CENSUS_SENSITIVITY))
+        runtime.releases.record(runtime.run_id, Query.CENSUS)
     reply = CensusReply(runtime.data_dir.name, counts, small)
     return Message(reply.to_record(), reply_to=msg)
 

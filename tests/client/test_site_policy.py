@@ -287,6 +287,8 @@ def test_noised_counts_are_charged_to_the_lifetime_ledger_and_stop_at_the_budget
     msg = sent(5, Query.CENSUS.message_type)
     first = CensusReply.from_record(cc.census(msg, _ctx(hospital, run_id=1)).content)
     assert any("noised" in note and f"{one:.3f}" in note for note in first.suppressed)
+    with pytest.raises(ReleaseRefused, match="once per run"):  # no draining it in one run
+        cc.census(msg, _ctx(hospital, run_id=1))
     cc.census(msg, _ctx(hospital, run_id=2))  # a new run: the lifetime ledger carries on
     assert [kind for _, kind in _ledger(hospital).releases] == ["census", "census"]
     assert _ledger(hospital).epsilon(delta) == pytest.approx(two)
