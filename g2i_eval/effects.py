@@ -100,6 +100,50 @@ def effect_slope(
     return {"slope": slope, "ci_low": float(lo), "ci_high": float(hi), "n": int(y.size)}
 
 
+def within_group_slope(
+    values: torch.Tensor | np.ndarray,
+    e4: torch.Tensor | np.ndarray,
+    strata: torch.Tensor | np.ndarray,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Slope of ``values`` on ``e4`` within strata (diagnoses): OLS with a free intercept per
+    stratum (both demeaned within it), with a bootstrap 95% CI resampling within strata.
+
+    This is what a generator conditioned on the diagnosis should reproduce when it varies e4
+    at a fixed diagnosis: the e4 -> diagnosis path (in the pooled slope) is held out, and so
+    is the selection into a diagnosis that the direct effect alone ignores.
+
+    Returns:
+        {slope, ci_low, ci_high, n}.
+    """
+    y = np.asarray(values, dtype=np.float64).ravel()
+    x = np.asarray(e4, dtype=np.float64).ravel()
+    g = np.asarray(strata).ravel()
+    if not y.shape == x.shape == g.shape:
+        raise EffectRecoveryError(f"values {y.shape}, e4 {x.shape}, strata {g.shape} differ")
+    members = [np.flatnonzero(g == s) for s in np.unique(g)]
+
+    def fit(index: list[np.ndarray]) -> float:
+        num = den = 0.0
+        for ix in index:
+            xc = x[ix] - x[ix].mean()
+            num += float(xc @ (y[ix] - y[ix].mean()))
+            den += float(xc @ xc)
+        return num / den if den > 0 else np.nan
+
+    slope = fit(members)
+    if not np.isfinite(slope):
+        raise EffectRecoveryError("e4 does not vary within any stratum; no within slope")
+    rng = np.random.default_rng(seed)
+    boots = np.array(
+        [fit([ix[rng.integers(0, ix.size, ix.size)] for ix in members]) for _ in range(n_boot)]
+    )
+    boots = boots[np.isfinite(boots)]
+    lo, hi = np.percentile(boots, [2.5, 97.5]) if boots.size else (np.nan, np.nan)
+    return {"slope": slope, "ci_low": float(lo), "ci_high": float(hi), "n": int(y.size)}
+
+
 def paired_effect_slope(
     values: torch.Tensor | np.ndarray,
     e4: torch.Tensor | np.ndarray,
@@ -289,8 +333,9 @@ def real_slope(
     ``dataset`` items are {"image": (1, S, S), "genotypes": (n_snps,), "label": ()}.
 
     Returns:
-        The pooled ``slope``, ``ci_low``, ``ci_high``, ``n``, and ``per_diagnosis`` fits
-        (diagnoses whose e4 count varies).
+        The pooled ``slope``, ``ci_low``, ``ci_high``, ``n``, ``per_diagnosis`` fits
+        (diagnoses whose e4 count varies) and the ``within_diagnosis`` fit
+        (``within_group_slope``; None when e4 varies in no diagnosis).
     """
     items = [dataset[i] for i in range(len(dataset))]  # type: ignore[arg-type]
     if not items:
@@ -308,7 +353,13 @@ def real_slope(
         if torch.unique(e4[sel]).numel() > 1:
             per_dx[CLASS_NAMES[d]] = effect_slope(area[sel], e4[sel], n_boot, seed)
     fit = effect_slope(area, e4, n_boot, seed)
-    return {**fit, "steps": e4_steps(area, e4), "per_diagnosis": per_dx}
+    within = within_group_slope(area, e4, dx, n_boot, seed) if per_dx else None
+    return {
+        **fit,
+        "steps": e4_steps(area, e4),
+        "per_diagnosis": per_dx,
+        "within_diagnosis": within,
+    }
 
 
 def dx_areas(images: torch.Tensor, labels: torch.Tensor, pixel_mm: float) -> dict[str, float]:

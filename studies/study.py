@@ -302,6 +302,7 @@ def cell_summary(entry: dict[str, Any]) -> dict[str, Any]:
         "e4_real_ci": [effect.get("real", {}).get("ci_low"), effect.get("real", {}).get("ci_high")]
         if "real" in effect
         else None,
+        **_within_dx(paired, effect.get("real", {}).get("within_diagnosis")),
         "fid": fid,
         "dx_area_mm2": ev.get("dx_area_mm2", {}).get("generated"),
         "dx_area_mm2_real": ev.get("dx_area_mm2", {}).get("real"),
@@ -312,6 +313,18 @@ def cell_summary(entry: dict[str, Any]) -> dict[str, Any]:
         "memorised": ev.get("memorisation", {}).get("pixel", {}).get("fraction_flagged"),
         "train_wall_s": entry.get("training", {}).get("train_wall_s"),
         "condition_use": _condition_use(entry),
+    }
+
+
+def _within_dx(paired: dict[str, Any], within: dict[str, Any] | None) -> dict[str, Any]:
+    """The real images' e4 slope within diagnoses, and the generated (paired, at a fixed
+    diagnosis) slope over it: the like-for-like ratio for a diagnosis-conditioned model."""
+    if not within or not paired or not within.get("slope"):
+        return {"e4_real_within_dx_slope": None, "e4_ratio_real_within_dx": None}
+    return {
+        "e4_real_within_dx_slope": within["slope"],
+        "e4_real_within_dx_ci": [within["ci_low"], within["ci_high"]],
+        "e4_ratio_real_within_dx": paired["slope"] / within["slope"],
     }
 
 

@@ -158,14 +158,16 @@ def summary_markdown(summary: dict[str, dict[str, Any]]) -> str:
         "### Headline numbers (results.json `summary`)",
         "",
         "e4 ratio: generated / true APOE e4 slope of ventricle area, paired over sampling seeds "
-        "[95% CI]; steps: generated 0->1 and 1->2 differences (mm²). Ventricle area per "
+        "[95% CI]; vs real: the same generated slope over the real images' slope within "
+        "diagnoses (what a diagnosis-conditioned model should reproduce); steps: generated "
+        "0->1 and 1->2 differences (mm²). Ventricle area per "
         "diagnosis: generated (real test images). Gain: augmented - real accuracy, paired over "
         "classifier seeds [95% CI]. Shuffle: held-out MSE rise when e4 / the diagnosis is "
         "shuffled (x 1e-5).",
         "",
-        "| Cell | e4 ratio [CI] | steps 0->1 / 1->2 | FID | CN / MCI / AD area, mm² "
+        "| Cell | e4 ratio [CI] | vs real | steps 0->1 / 1->2 | FID | CN / MCI / AD area, mm² "
         "| Acc real -> aug | Gain [CI] | Memorised | Shuffle e4 / DX | Train s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for key, c in summary.items():
         ci = c.get("e4_ci") or [None, None]
@@ -186,7 +188,8 @@ def summary_markdown(summary: dict[str, dict[str, Any]]) -> str:
             for k in ("shuffle_e4", "shuffle_dx")
         )
         lines.append(
-            f"| {key} | {ratio} | {steps} | {_num(c.get('fid'), 1)} | {areas} "
+            f"| {key} | {ratio} | {_num(c.get('e4_ratio_real_within_dx'), 2)} | {steps} "
+            f"| {_num(c.get('fid'), 1)} | {areas} "
             f"| {pct(c.get('accuracy_real'))} -> {pct(c.get('accuracy_augmented'))} "
             f"| [{pct(g[0])}, {pct(g[1])}] | {_num(c.get('memorised'), 3)} | {shuffle} "
             f"| {_num(c.get('train_wall_s'), 0)} |"

@@ -20,6 +20,7 @@ from g2i_eval.effects import (
     real_slope,
     save_difference_figure,
     save_e4_figure,
+    within_group_slope,
 )
 from g2i_models.autoencoder import build_autoencoder, set_scale_factor
 from g2i_models.diffusion import build_noise_scheduler
@@ -148,6 +149,27 @@ def test_real_slope_recovers_a_planted_ventricle_effect() -> None:
     assert out["slope"] == pytest.approx(planted, rel=0.15)
     assert out["ci_low"] > 0
     assert set(out["per_diagnosis"]) == {"CN", "MCI"}
+    # Both diagnoses carry the same planted effect: the within-diagnosis slope sees it too.
+    assert out["within_diagnosis"]["slope"] == pytest.approx(planted, rel=0.2)
+
+
+def test_within_group_slope_is_the_fixed_effects_regression() -> None:
+    """e4 raises the chance of AD and AD has larger ventricles: the pooled slope mixes both;
+    the within-diagnosis slope is the e4 coefficient of OLS with one intercept per diagnosis
+    (numpy least squares on dummy columns), here the planted 50."""
+    rng = np.random.default_rng(0)
+    n = 1500
+    e4 = rng.choice([0, 1, 2], n, p=[0.6, 0.3, 0.1])
+    dx = np.minimum((rng.random(n) < 0.2 + 0.25 * e4).astype(int) * 2 + rng.integers(0, 2, n), 2)
+    area = 800 + 400 * dx + 50 * e4 + rng.normal(0, 60, n)
+    design = np.column_stack([e4, *(dx == d for d in range(3))]).astype(float)
+    reference = np.linalg.lstsq(design, area, rcond=None)[0][0]
+    fit = within_group_slope(area, e4, dx, n_boot=300)
+    assert fit["slope"] == pytest.approx(reference, rel=1e-9)
+    assert abs(fit["slope"] - 50) < 10 and fit["ci_high"] - fit["ci_low"] < 25
+    assert effect_slope(area, e4, n_boot=10)["slope"] > 150  # the pooled slope is not it
+    with pytest.raises(EffectRecoveryError, match="within any stratum"):
+        within_group_slope(area, dx, dx, n_boot=10)
 
 
 def test_effect_recovery_end_to_end_on_a_tiny_pipeline() -> None:

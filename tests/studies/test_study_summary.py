@@ -1,3 +1,5 @@
+import pytest
+
 from studies.study import cell_summary, study_summary
 from studies.study_report import summary_markdown
 
@@ -10,10 +12,20 @@ def _entry(variant: str, mode: str) -> dict:
         "training": {"train_wall_s": 12.0, "metrics": {"ldm_val_shuffle_e4": 4e-5}},
         "evaluation": {
             "effect": {
-                "paired": {"ratio": 0.8, "ratio_ci_low": 0.6, "ratio_ci_high": 1.0},
+                "paired": {
+                    "slope": 160.0,
+                    "ratio": 0.8,
+                    "ratio_ci_low": 0.6,
+                    "ratio_ci_high": 1.0,
+                },
                 "steps": {"0->1": 150.0, "1->2": 170.0},
                 "true_slope": 200.0,
-                "real": {"slope": 120.0, "ci_low": 40.0, "ci_high": 200.0},
+                "real": {
+                    "slope": 120.0,
+                    "ci_low": 40.0,
+                    "ci_high": 200.0,
+                    "within_diagnosis": {"slope": 100.0, "ci_low": 30.0, "ci_high": 170.0},
+                },
             },
             "image": {"fid_kid": {"fid": 42.5}},
             "dx_area_mm2": {
@@ -44,7 +56,9 @@ def test_summary_keys_and_values_come_from_the_cells() -> None:
     assert s["accuracy_real"] == 0.5 and s["accuracy_augmented"] == 0.57
     assert s["gain_ci"] == [0.02, 0.12] and s["memorised"] == 0.03
     assert s["e4_real_slope"] == 120.0 and s["e4_real_ci"] == [40.0, 200.0]
+    assert s["e4_real_within_dx_slope"] == 100.0 and s["e4_real_within_dx_ci"] == [30.0, 170.0]
+    assert s["e4_ratio_real_within_dx"] == pytest.approx(1.6)
     assert cell_summary(results["broken"])["e4_ratio"] is None
     table = summary_markdown(summary)
-    assert "| g2i_plus/federated/none | 0.80 [0.60, 1.00] | 150 / 170 | 42.5 |" in table
+    assert "| g2i_plus/federated/none | 0.80 [0.60, 1.00] | 1.60 | 150 / 170 | 42.5 |" in table
     assert "50.0 -> 57.0 | [2.0, 12.0] | 0.030 |" in table
