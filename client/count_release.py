@@ -27,6 +27,7 @@ import numpy as np
 
 from conf.schema import SitePolicy
 from g2i_models.privacy import PrivacyBudgetExceeded, PrivacyLedger
+from preprocessing.federated_qc import gaussian_counts
 
 # A subject adds one to its diagnosis, subjects, scans, genotyped and complete (site_census).
 CENSUS_SENSITIVITY = math.sqrt(5)
@@ -42,9 +43,7 @@ class CountNoise:
 
     def gaussian(self, values: np.ndarray | int, sensitivity: float) -> np.ndarray:
         """``values`` + N(0, (z * sensitivity)^2), rounded, at least 0 (int64)."""
-        v = np.asarray(values, dtype=np.float64)
-        noisy = v + self.rng.normal(0.0, self.multiplier * sensitivity, v.shape)
-        return np.maximum(np.rint(noisy), 0).astype(np.int64)
+        return gaussian_counts(values, self.multiplier * sensitivity, self.rng)
 
     def census(self, counts: Mapping[str, int]) -> dict[str, int]:
         names = list(counts)

@@ -286,6 +286,12 @@ def suppress_small_cells(
     return out, notes
 
 
+def gaussian_counts(values: np.ndarray | int, std: float, rng: np.random.Generator) -> np.ndarray:
+    """``values`` + N(0, std^2) noise, rounded and at least 0 (int64): a noisy count."""
+    v = np.asarray(values, dtype=np.float64)
+    return np.maximum(np.rint(v + rng.normal(0.0, std, v.shape)), 0).astype(np.int64)
+
+
 def _fit_calls(calls: np.ndarray, size: int) -> None:
     """In place: where a SNP's noisy calls (3, n) add up to more than the group's noisy
     size, take the excess off its largest call counts (no negative missing count)."""
@@ -319,8 +325,7 @@ def noisy_site_counts(
     out = SiteCounts(**{**counts.__dict__, "counts": np.zeros_like(counts.counts)})
 
     def noisy(values: np.ndarray | int) -> np.ndarray:
-        v = np.asarray(values, dtype=np.float64)
-        return np.maximum(np.rint(v + rng.normal(0.0, std, v.shape)), 0).astype(np.int64)
+        return gaussian_counts(values, std, rng)
 
     sizes = np.zeros(N_GROUPS, dtype=np.int64)
     for g in range(N_GROUPS):
