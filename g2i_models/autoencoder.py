@@ -46,11 +46,16 @@ def latent_size(ae: AutoencoderKL) -> int:
 
 
 def encode_latents(
-    ae: AutoencoderKL, x: torch.Tensor, generator: torch.Generator | None = None
+    ae: AutoencoderKL,
+    x: torch.Tensor,
+    generator: torch.Generator | None = None,
+    mode: bool = False,
 ) -> torch.Tensor:
-    """Images (B, 1, H, W) in [0, 1] -> scaled latents (B, c, H/4, W/4), a posterior sample."""
+    """Images (B, 1, H, W) in [0, 1] -> scaled latents (B, c, H/4, W/4): a posterior sample,
+    or with ``mode`` the posterior mode (deterministic: reconstructions, evaluation)."""
     posterior = ae.encode(2.0 * x - 1.0).latent_dist
-    return posterior.sample(generator=generator) * ae.config.scaling_factor
+    z = posterior.mode() if mode else posterior.sample(generator=generator)
+    return z * ae.config.scaling_factor
 
 
 def decode_latents(ae: AutoencoderKL, z: torch.Tensor) -> torch.Tensor:

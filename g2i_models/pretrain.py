@@ -33,6 +33,7 @@ from torch.utils.data import Dataset
 from conf.schema import ModelConfig, PrivacyConfig, TrainConfig
 from g2i_models.autoencoder import (
     build_autoencoder,
+    encode_latents,
     latent_moments,
     latent_size,
     scale_factor_from_moments,
@@ -210,7 +211,7 @@ def gradient_norms(
         genotypes = torch.randint(0, 3, (1, n_snps), generator=g).to(device)
         labels = torch.randint(0, denoiser.num_classes, (1,), generator=g).to(device)
         with torch.no_grad():
-            z0 = ae.encode(2 * x - 1).latent_dist.mode() * ae.config.scaling_factor
+            z0 = encode_latents(ae, x, mode=True)
         loss = diffusion_loss(denoiser, scheduler, z0, genotypes, labels, cond_dropout, draws=draws)
         grads = torch.autograd.grad(loss, params, allow_unused=True)
         sq = sum(float(gr.pow(2).sum()) for gr in grads if gr is not None)

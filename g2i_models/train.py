@@ -344,7 +344,7 @@ def evaluate_autoencoder(
     n = 0
     for batch in loader:
         x = batch["image"].to(device)
-        z = ae.encode(2 * x - 1).latent_dist.mode() * ae.config.scaling_factor
+        z = encode_latents(ae, x, mode=True)
         recon = decode_latents(ae, z)
         b = x.shape[0]
         sums["l1"] += (recon - x).abs().mean().item() * b
