@@ -41,8 +41,8 @@ from g2i_eval.effects import (  # noqa: E402
 )
 from g2i_eval.evaluation import conditions_from, stack_dataset  # noqa: E402
 from g2i_eval.morphometry import measure, pixel_mm_for  # noqa: E402
-from g2i_models.autoencoder import decode_latents  # noqa: E402
-from g2i_models.datasets import load_split  # noqa: E402
+from g2i_models.autoencoder import decode_latents, encode_latents  # noqa: E402
+from g2i_models.datasets import load_split, snp_names  # noqa: E402
 from g2i_models.pipeline import G2IPipeline, generate  # noqa: E402
 from simulations.truth_effects import true_ventricle_area_slope  # noqa: E402
 
@@ -83,23 +83,39 @@ def reconstruct(vae: torch.nn.Module, images: torch.Tensor, batch: int = 64) -> 
     """Images (N, 1, H, W) in [0, 1] through the autoencoder (posterior mode), in [0, 1]."""
     out = []
     for a in range(0, images.shape[0], batch):
-        x = images[a : a + batch]
-        z = vae.encode(2 * x - 1).latent_dist.mode() * vae.config.scaling_factor
-        out.append(decode_latents(vae, z).clamp(0, 1))
+        out.append(decode_latents(vae, encode_latents(vae, images[a : a + batch], mode=True)))
     return torch.cat(out)
 
 
-def stage(images: torch.Tensor, labels: torch.Tensor, e4: torch.Tensor, test: slice,
-          pixel_mm: float, n_boot: int, seed: int) -> dict:  # fmt: skip
-    """Areas per diagnosis (rows ``test``) and the e4 slope within diagnoses (all rows whose
-    e4 count is known)."""
-    area = measure(images, pixel_mm)["ventricle_area_mm2"]
-    known = e4 >= 0
-    within = within_group_slope(area[known], e4[known], labels[known], n_boot, seed)
-    return {
-        "dx_area_mm2": dx_areas(images[test], labels[test], pixel_mm),
-        "e4_within_dx": within,
-    }
+class Stages:
+    """The real slices (test split first, then train) and how stages 1-2 measure them."""
+
+    def __init__(self, args: argparse.Namespace, data) -> None:
+        self.train_set = load_split(data, "train")
+        self.panel = snp_names(self.train_set)
+        self.test = stack_dataset(load_split(data, "test"))
+        both = [self.test, stack_dataset(self.train_set)]
+        self.images = torch.cat([d["images"] for d in both])
+        self.labels = torch.cat([d["labels"] for d in both])
+        self.e4 = e4_counts(torch.cat([d["genotypes"] for d in both]), self.panel)
+        self.n_test = int(self.test["labels"].shape[0])
+        self.pixel_mm = pixel_mm_for(int(self.images.shape[-1]))
+        self.n_boot, self.seed = args.bootstrap, args.seed
+
+    def measure(self, images: torch.Tensor) -> dict:
+        """Areas per diagnosis (the test rows) and the e4 slope within diagnoses (all rows
+        whose e4 count is known) of ``images``, row for row the real slices or their
+        reconstructions."""
+        area = measure(images, self.pixel_mm)["ventricle_area_mm2"]
+        known = self.e4 >= 0
+        within = within_group_slope(
+            area[known], self.e4[known], self.labels[known], self.n_boot, self.seed
+        )
+        t = slice(0, self.n_test)
+        return {
+            "dx_area_mm2": dx_areas(images[t], self.labels[t], self.pixel_mm),
+            "e4_within_dx": within,
+        }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,25 +123,23 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     cfg = load_config(args.experiment, [f"data.root={args.data}"])
     data = to_object(cfg.data)
-    train, test = stack_dataset(load_split(data, "train")), stack_dataset(load_split(data, "test"))
-    images = torch.cat([test["images"], train["images"]])
-    labels = torch.cat([test["labels"], train["labels"]])
-    n_test = int(test["labels"].shape[0])
+    st = Stages(args, data)
+    test, pixel_mm, panel = st.test, st.pixel_mm, st.panel
     true = float(true_ventricle_area_slope(args.cohort / "truth", data)["slope_mm2_per_copy"])
-    pixel_mm = pixel_mm_for(int(images.shape[-1]))
+    real = st.measure(st.images)
     rows = []
     if args.ae_steps:
-        rows += _autoencoders(args, cfg, images, labels, train, test, pixel_mm)
+        rows += _autoencoders(args, cfg, st)
     for model_dir in args.models:
         pipe = G2IPipeline.from_pretrained(model_dir)
-        panel = list(pipe.config.panel["snp_names"]) if pipe.config.panel else None
-        if panel is None:
-            raise SystemExit(f"{model_dir}: the saved model records no SNP panel")
-        e4 = e4_counts(torch.cat([test["genotypes"], train["genotypes"]]), panel)
-        real = stage(images, labels, e4, slice(0, n_test), pixel_mm, args.bootstrap, args.seed)
+        names = list(pipe.config.panel["snp_names"]) if pipe.config.panel else None
+        if names != panel:
+            raise SystemExit(
+                f"{model_dir}: the saved model's SNP panel is not the panel of {args.data}; "
+                "pass the prepared data the model was trained on"
+            )
         t0 = time.perf_counter()
-        recon = reconstruct(pipe.vae, images)
-        ae = stage(recon, labels, e4, slice(0, n_test), pixel_mm, args.bootstrap, args.seed)
+        ae = st.measure(reconstruct(pipe.vae, st.images))
         ae["seconds"] = time.perf_counter() - t0
         generated = []
         for text in args.settings:
@@ -157,11 +171,11 @@ def main(argv: list[str] | None = None) -> int:
                 }
             )
             print(json.dumps({"model": str(model_dir), **generated[-1]}), flush=True)
-        rows.append({"model": str(model_dir), "real": real, "autoencoder": ae,
-                     "generated": generated})  # fmt: skip
+        rows.append({"model": str(model_dir), "autoencoder": ae, "generated": generated})
     out = {
         "data": str(args.data),
         "true_slope_mm2_per_copy": true,
+        "real": real,
         "threads": args.threads,
         "load_average": os.getloadavg(),
         "rows": rows,
@@ -171,14 +185,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"truth: {true:.0f} mm^2 per e4 copy")
     print("| model | stage | CN / MCI / AD area (mm^2) | e4 slope within dx (mm^2/copy) [CI] |")
     print("|---|---|---|---|")
+    print(f"| real images | | {_areas(real['dx_area_mm2'])} | {_within(real)} |")
     for r in rows:
         name = Path(r["model"]).parent.name if "model" in r else f"AE {r['ae_steps']} steps"
-        for label, s in (("real", r["real"]), ("autoencoder", r["autoencoder"])):
-            w = s["e4_within_dx"]
-            print(
-                f"| {name} | {label} | {_areas(s['dx_area_mm2'])} | "
-                f"{w['slope']:.0f} [{w['ci_low']:.0f}, {w['ci_high']:.0f}] |"
-            )
+        ae = r["autoencoder"]
+        print(f"| {name} | autoencoder | {_areas(ae['dx_area_mm2'])} | {_within(ae)} |")
         if "ae_steps" in r:
             print(f"| {name} | (validation PSNR {r['psnr']:.1f} dB, {r['seconds']:.0f} s) | | |")
         for g in r.get("generated", []):
@@ -191,43 +202,38 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _autoencoders(args: argparse.Namespace, cfg, images: torch.Tensor, labels: torch.Tensor,
-                  train: dict, test: dict, pixel_mm: float) -> list[dict]:  # fmt: skip
-    """Stage 1 and 2 for a fresh autoencoder per ``args.ae_steps`` (same seed, so the runs
-    differ only in length)."""
+def _autoencoders(args: argparse.Namespace, cfg, st: Stages) -> list[dict]:
+    """Stage 2 for a fresh autoencoder per ``args.ae_steps`` (same seed, so the runs differ
+    only in length)."""
     from dataclasses import replace
 
     from torch.utils.data import DataLoader
 
     from g2i_models.autoencoder import build_autoencoder
-    from g2i_models.datasets import snp_names
     from g2i_models.local_training import derive_seed, train_local
     from g2i_models.train import evaluate_autoencoder
 
-    data = to_object(cfg.data)
-    train_set, val_set = load_split(data, "train"), load_split(data, "val")
-    panel = snp_names(train_set)
-    e4 = e4_counts(torch.cat([test["genotypes"], train["genotypes"]]), panel)
-    n_test = int(test["labels"].shape[0])
-    real = stage(images, labels, e4, slice(0, n_test), pixel_mm, args.bootstrap, args.seed)
+    val_set = load_split(to_object(cfg.data), "val")
     out = []
     for steps in args.ae_steps:
         train_cfg = replace(to_object(cfg.train), max_steps_ae=steps, ae_epochs=100_000)
-        ae = build_autoencoder(to_object(cfg.model), int(images.shape[-1]))
+        ae = build_autoencoder(to_object(cfg.model), int(st.images.shape[-1]))
         t0 = time.perf_counter()
-        train_local("ae", ae, train_set, train_cfg, torch.device("cpu"),
+        train_local("ae", ae, st.train_set, train_cfg, torch.device("cpu"),
                     derive_seed(args.seed, "centralized", "ae", 0))  # fmt: skip
         seconds = time.perf_counter() - t0
-        ae.eval()
         loader = DataLoader(val_set, batch_size=train_cfg.batch_size)
         psnr = evaluate_autoencoder(ae, loader, torch.device("cpu"))["psnr"]
-        recon = reconstruct(ae, images)
-        stats = stage(recon, labels, e4, slice(0, n_test), pixel_mm, args.bootstrap, args.seed)
-        row = {"ae_steps": steps, "seconds": seconds, "psnr": psnr, "real": real,
-               "autoencoder": stats}  # fmt: skip
-        print(json.dumps({k: v for k, v in row.items() if k != "real"}), flush=True)
+        row = {"ae_steps": steps, "seconds": seconds, "psnr": psnr,
+               "autoencoder": st.measure(reconstruct(ae, st.images))}  # fmt: skip
+        print(json.dumps(row), flush=True)
         out.append(row)
     return out
+
+
+def _within(stage: dict) -> str:
+    w = stage["e4_within_dx"]
+    return f"{w['slope']:.0f} [{w['ci_low']:.0f}, {w['ci_high']:.0f}]"
 
 
 def _areas(a: dict[str, float]) -> str:
