@@ -55,6 +55,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--ae-steps", type=int, nargs="*", default=[], help="train autoencoders this long"
     )
+    p.add_argument(
+        "--ae-seeds",
+        type=int,
+        nargs="*",
+        default=None,
+        help="with --ae-steps: one autoencoder per seed and length (default: --seed only)",
+    )
     p.add_argument("--experiment", default="fed_tiny", help="config for the data settings")
     p.add_argument(
         "--settings",
@@ -187,7 +194,11 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|")
     print(f"| real images | | {_areas(real['dx_area_mm2'])} | {_within(real)} |")
     for r in rows:
-        name = Path(r["model"]).parent.name if "model" in r else f"AE {r['ae_steps']} steps"
+        name = (
+            Path(r["model"]).parent.name
+            if "model" in r
+            else f"AE {r['ae_steps']} steps, seed {r['ae_seed']}"
+        )
         ae = r["autoencoder"]
         print(f"| {name} | autoencoder | {_areas(ae['dx_area_mm2'])} | {_within(ae)} |")
         if "ae_steps" in r:
@@ -203,8 +214,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _autoencoders(args: argparse.Namespace, cfg, st: Stages) -> list[dict]:
-    """Stage 2 for a fresh autoencoder per ``args.ae_steps`` (same seed, so the runs differ
-    only in length)."""
+    """Stage 2 for a fresh autoencoder per ``args.ae_steps`` and seed (``--ae-seeds``): with
+    one seed the runs differ only in length, with several the spread over seeds shows."""
     from dataclasses import replace
 
     from torch.utils.data import DataLoader
@@ -215,19 +226,22 @@ def _autoencoders(args: argparse.Namespace, cfg, st: Stages) -> list[dict]:
 
     val_set = load_split(to_object(cfg.data), "val")
     out = []
-    for steps in args.ae_steps:
-        train_cfg = replace(to_object(cfg.train), max_steps_ae=steps, ae_epochs=100_000)
-        ae = build_autoencoder(to_object(cfg.model), int(st.images.shape[-1]))
-        t0 = time.perf_counter()
-        train_local("ae", ae, st.train_set, train_cfg, torch.device("cpu"),
-                    derive_seed(args.seed, "centralized", "ae", 0))  # fmt: skip
-        seconds = time.perf_counter() - t0
-        loader = DataLoader(val_set, batch_size=train_cfg.batch_size)
-        psnr = evaluate_autoencoder(ae, loader, torch.device("cpu"))["psnr"]
-        row = {"ae_steps": steps, "seconds": seconds, "psnr": psnr,
-               "autoencoder": st.measure(reconstruct(ae, st.images))}  # fmt: skip
-        print(json.dumps(row), flush=True)
-        out.append(row)
+    for seed in args.ae_seeds if args.ae_seeds else [args.seed]:
+        for steps in args.ae_steps:
+            train_cfg = replace(to_object(cfg.train), max_steps_ae=steps, ae_epochs=100_000)
+            # initialisation and training stream both from the seed
+            torch.manual_seed(derive_seed(seed, "centralized", "ae-init", 0))
+            ae = build_autoencoder(to_object(cfg.model), int(st.images.shape[-1]))
+            t0 = time.perf_counter()
+            train_local("ae", ae, st.train_set, train_cfg, torch.device("cpu"),
+                        derive_seed(seed, "centralized", "ae", 0))  # fmt: skip
+            seconds = time.perf_counter() - t0
+            loader = DataLoader(val_set, batch_size=train_cfg.batch_size)
+            psnr = evaluate_autoencoder(ae, loader, torch.device("cpu"))["psnr"]
+            row = {"ae_steps": steps, "ae_seed": seed, "seconds": seconds, "psnr": psnr,
+                   "autoencoder": st.measure(reconstruct(ae, st.images))}  # fmt: skip
+            print(json.dumps(row), flush=True)
+            out.append(row)
     return out
 
 

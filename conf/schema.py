@@ -209,7 +209,15 @@ class ModelConfig:
     beta_schedule: str = "scaled_linear"
     beta_start: float = 0.00085
     beta_end: float = 0.012
-    prediction_type: str = "epsilon"
+    # What the denoiser predicts: "epsilon" (the paper's eq. 11), "v_prediction" or "sample";
+    # "" = the variant's: epsilon for the paper's four, v_prediction for g2i_plus.
+    prediction_type: str = ""
+    # Rescale the betas so that the last training step holds no signal (zero terminal SNR):
+    # the sampler starts from pure noise, which then matches what the denoiser saw at t = T - 1.
+    # Needs v_prediction (an epsilon model cannot recover z0 at zero SNR). None = the variant's:
+    # on for g2i_plus with v_prediction, off for the paper's four. Measured in the README
+    # ("where the generated effects shrink"): at 600 LDM steps it nearly doubles the e4 effect.
+    rescale_betas_zero_snr: bool | None = None
     sampler: str = "ddim"
     sample_steps: int = 50
     guidance_scale: float = 1.5

@@ -17,7 +17,9 @@ from diffusers.utils.torch_utils import randn_tensor
 from tqdm.auto import tqdm
 
 from conf.schema import ModelConfig
-from g2i_models.unet import ConditionalDenoiser
+from g2i_models.unet import PAPER_VARIANTS, ConditionalDenoiser
+
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
 SAMPLERS: dict[str, tuple[type[SchedulerMixin], dict[str, Any]]] = {
     "ddpm": (DDPMScheduler, {}),
@@ -26,14 +28,38 @@ SAMPLERS: dict[str, tuple[type[SchedulerMixin], dict[str, Any]]] = {
 }
 
 
+def diffusion_process(cfg: ModelConfig) -> tuple[str, bool]:
+    """(prediction_type, rescale_betas_zero_snr) of ``cfg``, filling the variant's defaults:
+    the paper's four models predict the noise on the usual schedule (eq. 11); ``g2i_plus``
+    predicts v on a zero-terminal-SNR schedule."""
+    ours = cfg.variant not in PAPER_VARIANTS
+    kind = cfg.prediction_type or ("v_prediction" if ours else "epsilon")
+    if kind not in PREDICTION_TYPES:
+        raise ValueError(
+            f"unknown model.prediction_type={kind!r}; choose one of {list(PREDICTION_TYPES)} "
+            "or leave it empty for the variant's"
+        )
+    zero_snr = cfg.rescale_betas_zero_snr
+    if zero_snr is None:
+        zero_snr = ours and kind == "v_prediction"
+    if zero_snr and kind == "epsilon":
+        raise ValueError(
+            "model.rescale_betas_zero_snr=true needs model.prediction_type=v_prediction: at zero "
+            "terminal SNR an epsilon prediction says nothing about the latent"
+        )
+    return kind, bool(zero_snr)
+
+
 def build_noise_scheduler(cfg: ModelConfig) -> DDPMScheduler:
     """The training scheduler (forward process q(z_t | z_0), eq. 3)."""
+    kind, zero_snr = diffusion_process(cfg)
     return DDPMScheduler(
         num_train_timesteps=cfg.num_train_timesteps,
         beta_schedule=cfg.beta_schedule,
         beta_start=cfg.beta_start,
         beta_end=cfg.beta_end,
-        prediction_type=cfg.prediction_type,
+        prediction_type=kind,
+        rescale_betas_zero_snr=zero_snr,
         clip_sample=False,  # latents are not bounded to [-1, 1]
         timestep_spacing="trailing",  # few-step sampling starts at t = T - 1
     )

@@ -40,7 +40,7 @@ from g2i_models.autoencoder import (
     set_scale_factor,
 )
 from g2i_models.device import get_device, seed_everything
-from g2i_models.diffusion import build_noise_scheduler, diffusion_loss
+from g2i_models.diffusion import build_noise_scheduler, diffusion_loss, diffusion_process
 from g2i_models.local_training import derive_seed, make_loader, panel_names, train_local
 from g2i_models.panel import panel_config
 from g2i_models.pipeline import G2IPipeline, library_versions, sampler_defaults
@@ -155,6 +155,23 @@ def seed_from_pretrained(
     denoiser.load_state_dict({**target, **loaded})
     start_at_null(denoiser)
     return fresh
+
+
+def check_diffusion_process(pipeline: G2IPipeline, cfg: ModelConfig) -> None:
+    """The public model must have been trained on the run's diffusion process (what the
+    denoiser predicts, and the noise schedule): weights trained for one are wrong for the
+    other without any error. Raises PretrainedModelError naming both and the fix."""
+    kind, zero_snr = diffusion_process(cfg)
+    sc = pipeline.scheduler.config
+    theirs = (sc.get("prediction_type", "epsilon"), bool(sc.get("rescale_betas_zero_snr", False)))
+    if theirs != (kind, zero_snr):
+        raise PretrainedModelError(
+            f"the pretrained model predicts {theirs[0]} (zero terminal SNR: {theirs[1]}) but "
+            f"this run's model.variant={cfg.variant} predicts {kind} (zero terminal SNR: "
+            f"{zero_snr}); pretrain again with this run's model settings, or set "
+            f"model.prediction_type={theirs[0]} "
+            f"model.rescale_betas_zero_snr={str(theirs[1]).lower()} for this run"
+        )
 
 
 def load_pretrained(path: str | Path) -> G2IPipeline:

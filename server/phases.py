@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from omegaconf import DictConfig
@@ -55,9 +56,15 @@ from g2i_models.federated import (
     pool_per_dx,
     synthetic_set,
 )
+from g2i_models.local_training import derive_seed
 from g2i_models.panel import panel_config
 from g2i_models.pipeline import G2IPipeline, sampler_defaults
-from g2i_models.pretrain import load_pretrained, pretrained_autoencoder, seed_from_pretrained
+from g2i_models.pretrain import (
+    check_diffusion_process,
+    load_pretrained,
+    pretrained_autoencoder,
+    seed_from_pretrained,
+)
 from g2i_models.synthetic import write_synthetic_set
 from g2i_models.unet import build_denoiser
 from preprocessing.errors import G2IError
@@ -480,13 +487,19 @@ def initial_weights(fed: Federation, phase: Phase) -> dict[str, np.ndarray]:
     """Starting global weights of a phase's network: fresh, or for the LDM after a public
     stage (``model.pretrained``) the public denoiser fitted to the federation's panel."""
     data, model_cfg = to_object(fed.cfg.data), to_object(fed.cfg.model)
-    ae = build_autoencoder(model_cfg, data.image_size)
-    if phase == Phase.AE:
-        return to_wire(ae.state_dict())
-    panel = fed.results["panel"]
-    denoiser = build_denoiser(model_cfg, len(panel), latent_size(ae), panel)
+    # The initialisation is the run's too: a stream of its own from (run seed, phase), so a
+    # rerun with the same seed starts from the same weights.
+    with torch.random.fork_rng():
+        torch.manual_seed(derive_seed(int(fed.cfg.seed), "server", f"init-{phase}", 0))
+        ae = build_autoencoder(model_cfg, data.image_size)
+        if phase == Phase.AE:
+            return to_wire(ae.state_dict())
+        panel = fed.results["panel"]
+        denoiser = build_denoiser(model_cfg, len(panel), latent_size(ae), panel)
     if model_cfg.pretrained:
-        fresh = seed_from_pretrained(load_pretrained(model_cfg.pretrained), denoiser, panel)
+        public = load_pretrained(model_cfg.pretrained)
+        check_diffusion_process(public, model_cfg)
+        fresh = seed_from_pretrained(public, denoiser, panel)
         fed.results["pretrained"]["fresh_tensors"] = fresh
         log.info("LDM starts from %s (%d tensors fresh)", model_cfg.pretrained, len(fresh))
     return to_wire(denoiser.state_dict())

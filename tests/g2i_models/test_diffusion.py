@@ -17,7 +17,8 @@ from tests.g2i_models.tiny import N_SNPS
 def test_samplers_share_the_training_schedule(model_config, sampler: str) -> None:
     train = build_noise_scheduler(model_config())
     s = sampling_scheduler(train, sampler)
-    assert torch.allclose(s.alphas_cumprod, train.alphas_cumprod)
+    # DPM-Solver++ holds a zero-SNR schedule's last alpha_bar at 2**-24
+    assert torch.allclose(s.alphas_cumprod, train.alphas_cumprod, rtol=1e-5, atol=1e-7)
     s.set_timesteps(10)
     assert len(s.timesteps) == 10
     assert int(s.timesteps[0]) == train.config.num_train_timesteps - 1
@@ -117,3 +118,51 @@ def test_genotype_dropout_nulls_the_genotype_and_keeps_the_diagnosis(model_confi
     with torch.no_grad():
         diffusion_loss(den, s, z0[:8], g[:8], y[:8], 0.1, torch.Generator().manual_seed(0))
     assert seen["drop_g"] is None  # no genotype dropout: the plain call
+
+
+def test_zero_terminal_snr_needs_v_prediction(model_config) -> None:
+    with pytest.raises(ValueError, match="v_prediction"):
+        build_noise_scheduler(model_config(prediction_type="epsilon", rescale_betas_zero_snr=True))
+
+
+@pytest.mark.parametrize("variant", ["ldm_label", "g2i", "g2i_label_noattn", "g2i_label_attn"])
+def test_paper_variants_predict_the_noise_on_the_usual_schedule(model_config, variant) -> None:
+    s = build_noise_scheduler(model_config(variant=variant))
+    assert s.config.prediction_type == "epsilon" and not s.config.rescale_betas_zero_snr
+    assert float(s.alphas_cumprod[-1]) > 1e-3  # eq. 3 with the usual betas: signal left at T
+
+
+def test_our_default_predicts_v_at_zero_terminal_snr(model_config) -> None:
+    s = build_noise_scheduler(model_config())  # g2i_plus
+    assert s.config.prediction_type == "v_prediction" and s.config.rescale_betas_zero_snr
+    explicit = build_noise_scheduler(model_config(prediction_type="epsilon"))
+    assert explicit.config.prediction_type == "epsilon"
+    assert not explicit.config.rescale_betas_zero_snr  # the variant's zero SNR needs v
+
+
+def test_unknown_prediction_type_names_the_choices(model_config) -> None:
+    with pytest.raises(ValueError, match="v_prediction"):
+        build_noise_scheduler(model_config(prediction_type="x0"))
+
+
+@pytest.mark.parametrize("sampler", sorted(SAMPLERS))
+def test_zero_terminal_snr_schedule_samples(model_config, batch, sampler: str) -> None:
+    """The last training step holds no signal, and every sampler still starts from it and
+    gives finite latents (DDPM and DDIM divide by sqrt(alpha_bar) only for epsilon)."""
+    cfg = model_config(prediction_type="v_prediction", rescale_betas_zero_snr=True)
+    train = build_noise_scheduler(cfg)
+    assert float(train.alphas_cumprod[-1]) < 1e-6
+    assert float(train.alphas_cumprod[-1]) < float(train.alphas_cumprod[-2])
+    plain = build_noise_scheduler(
+        model_config(prediction_type="v_prediction", rescale_betas_zero_snr=False)
+    )
+    assert float(plain.alphas_cumprod[-1]) > 1e-3  # the default schedule leaves signal at T
+    s = sampling_scheduler(train, sampler)
+    # DPM-Solver++ holds the last alpha_bar at 2**-24 (its log-SNR would be -inf at 0)
+    assert torch.allclose(s.alphas_cumprod, train.alphas_cumprod, rtol=1e-5, atol=1e-7)
+    den = build_denoiser(cfg, N_SNPS, 4).eval()
+    z = sample_latents(
+        den, s, (4, 3, 4, 4), batch["genotypes"], batch["label"], 3, 1.5,
+        torch.Generator().manual_seed(0),
+    )  # fmt: skip
+    assert torch.isfinite(z).all()

@@ -53,8 +53,11 @@ def test_tiny_autoencoder_overfits_one_batch(model_config, batch) -> None:
     assert after["psnr"] > before["psnr"] + 6
 
 
-def test_tiny_ldm_overfits_one_batch(model_config, batch) -> None:
-    cfg = model_config()
+# v on the zero-SNR schedule reached 0.42 of its first loss on this batch (at the last steps v
+# is the latent itself, which a nearly noise-only input pins down less than epsilon's target)
+@pytest.mark.parametrize(("kind", "bound"), [("epsilon", 0.4), ("v_prediction", 0.55)])
+def test_tiny_ldm_overfits_one_batch(model_config, batch, kind: str, bound: float) -> None:
+    cfg = model_config(prediction_type=kind)
     torch.manual_seed(0)
     ae = build_autoencoder(cfg, IMAGE_SIZE)
     # An untrained encoder's posterior is almost pure noise; make it deterministic so that one
@@ -71,7 +74,7 @@ def test_tiny_ldm_overfits_one_batch(model_config, batch) -> None:
     )  # fmt: skip
     first = sum(r["mse"] for r in history[:15]) / 15
     last = sum(r["mse"] for r in history[-15:]) / 15
-    assert last < 0.4 * first
+    assert last < bound * first
     # The autoencoder stays frozen.
     assert all(not p.requires_grad for p in ae.parameters())
 
