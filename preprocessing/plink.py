@@ -418,6 +418,30 @@ def read_plink(prefix: str | Path) -> PlinkFileset:
     return PlinkFileset(prefix, fam, bim, bed, BedFile(bed_path, *bed.shape) if bed.size else None)
 
 
+def bim_lines_native(bim: Bim) -> bool:
+    """Whether the compiled kernel can write ``bim``'s output lines (every cM written as "0",
+    every position token as PLINK writes it)."""
+    return (
+        _ext is not None
+        and not bim.cm_text
+        and bool(bim.pos_canonical)
+        and bim.tok_start.dtype == np.int32
+    )
+
+
+def bim_block_lines(bim: Bim, rows: np.ndarray, swap_alleles: np.ndarray) -> np.ndarray:
+    """The output .bim lines of ``rows`` as bytes (uint8), by the compiled kernel (only when
+    ``bim_lines_native``): what ``write_bim_subset`` writes for them, for one block."""
+    rows = np.ascontiguousarray(rows, dtype=np.int64)
+    if not rows.size:
+        return np.zeros(0, dtype=np.uint8)
+    spans = bim.tok_end[rows] - bim.tok_start[rows]
+    out = np.empty(int(spans[:, 1:].sum()) + 12 * rows.size + 16, dtype=np.uint8)
+    swap = np.asarray(swap_alleles, dtype=np.uint8)
+    n = _ext.bim_lines(bim.raw, bim.tok_start, bim.tok_end, rows, swap, bim.chrom, out)
+    return out[:n]
+
+
 def write_bim_subset(
     path: str | Path, bim: Bim, rows: np.ndarray, swap_alleles: np.ndarray
 ) -> None:
@@ -429,12 +453,7 @@ def write_bim_subset(
     """
     rows = np.ascontiguousarray(rows, dtype=np.int64)
     swap = np.asarray(swap_alleles, dtype=bool)
-    if (
-        _ext is not None
-        and not bim.cm_text
-        and bim.pos_canonical
-        and bim.tok_start.dtype == np.int32
-    ):
+    if bim_lines_native(bim):
         out = np.empty(len(bim.raw) + 4 * rows.size + 16, dtype=np.uint8)
         n = _ext.bim_lines(
             bim.raw, bim.tok_start, bim.tok_end, rows, swap.astype(np.uint8), bim.chrom, out

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
@@ -50,6 +51,8 @@ from preprocessing.plink import (
     CHROM_Y,
     Bim,
     PlinkFileset,
+    bim_block_lines,
+    bim_lines_native,
     read_plink,
     write_bed_rows,
     write_bim_subset,
@@ -351,6 +354,8 @@ class OutputRows:
     path: Path
     keep_samples: np.ndarray | None
     keep_allele_order: bool
+    # the .bim lines of the kept rows too, to this path (None: written after the pass)
+    bim_path: Path | None = None
 
 
 def filter_variants(
@@ -366,9 +371,7 @@ def filter_variants(
     counter = GroupCounter(fileset, groups)
     chrom, bed, n = fileset.bim.chrom, fileset.rows, fileset.n_samples
 
-    def run(
-        a: int, b: int
-    ) -> tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    def run(a: int, b: int) -> tuple:
         rows = read_rows(bed, a, b)
         counts = counter.count(rows, a)
         status, a2 = variant_filters(counts, chrom[a:b], config, groups.controls_only)
@@ -377,26 +380,34 @@ def filter_variants(
         if gone.size:
             h = hwe_counts(counts, chrom[a:b], groups.controls_only, gone)
             p = hwe_exact_p_array(h[0], h[1], h[2], config.hwe_midp)
-        packed = None
+        packed = lines = None
         if output is not None:
             kept = np.flatnonzero(status == KEPT)
             swap = np.zeros(kept.size, bool) if output.keep_allele_order else a2[kept] < 0.5
             packed = extract_rows(rows, n, kept, swap, output.keep_samples, threads=1)
-        return a, status, a2, gone + a, p, packed
+            if output.bim_path is not None:
+                lines = bim_block_lines(fileset.bim, kept + a, swap)
+        return a, status, a2, gone + a, p, packed, lines
 
     status = np.zeros(fileset.n_snps, dtype=np.int8)
     a2 = np.zeros(fileset.n_snps)
     gone_rows, gone_p = [np.zeros(0, np.int64)], [np.zeros(0)]
     blocks = map_ordered(run, row_blocks(0, fileset.n_snps, bed.shape[1]))
-    with open(output.path, "wb") if output is not None else nullcontext() as fh:
+    bim_path = None if output is None else output.bim_path
+    with (
+        open(output.path, "wb") if output is not None else nullcontext() as fh,
+        open(bim_path, "wb") if bim_path is not None else nullcontext() as bim_fh,
+    ):
         if fh is not None:
             fh.write(BED_MAGIC)
-        for a, st, f, gone, p, packed in blocks:
+        for a, st, f, gone, p, packed, lines in blocks:
             status[a : a + st.size], a2[a : a + st.size] = st, f
             gone_rows.append(gone)
             gone_p.append(p)
             if fh is not None and packed.size:
                 fh.write(memoryview(packed).cast("B"))
+            if bim_fh is not None and lines.size:
+                bim_fh.write(memoryview(lines))
     gone, p = np.concatenate(gone_rows), np.concatenate(gone_p)
     hwe_p = dict(zip(fileset.bim.strings(1, gone), p.tolist(), strict=True)) if gone.size else {}
     return status, a2, hwe_p
@@ -506,7 +517,8 @@ def run_qc(
     if out is not None and in_order:
         # the output rows are the kept input rows in input order: write them in this pass
         keep_samples = None if not removed.any() else np.flatnonzero(~removed)
-        output = OutputRows(_tmp_path(Path(out), ".bed"), keep_samples, keep_allele_order)
+        bim_tmp = _tmp_path(Path(out), ".bim") if bim_lines_native(bim) else None
+        output = OutputRows(_tmp_path(Path(out), ".bed"), keep_samples, keep_allele_order, bim_tmp)
         Path(out).parent.mkdir(parents=True, exist_ok=True)
     try:
         status, a2, hwe_p = filter_variants(fs, groups, config, output)
@@ -516,6 +528,8 @@ def run_qc(
     except BaseException:
         if output is not None:
             output.path.unlink(missing_ok=True)
+            if output.bim_path is not None:
+                output.bim_path.unlink(missing_ok=True)
         raise
     reverse = np.zeros(fs.n_snps, dtype=bool) if keep_allele_order else a2 < 0.5
     kept = np.flatnonzero(status == KEPT)
@@ -536,7 +550,13 @@ def run_qc(
         hwe_p_removed=hwe_p,
     )
     if out is not None:
-        write_qc_outputs(fs, result, out, bed_written=output is not None)
+        write_qc_outputs(
+            fs,
+            result,
+            out,
+            bed_written=output is not None,
+            bim_written=output is not None and output.bim_path is not None,
+        )
     result.seconds = time.perf_counter() - t0
     if out is not None:
         _write_report(result, out)
@@ -544,28 +564,43 @@ def run_qc(
 
 
 def write_qc_outputs(
-    fs: PlinkFileset, result: QCResult, out: str | Path, bed_written: bool = False
+    fs: PlinkFileset,
+    result: QCResult,
+    out: str | Path,
+    bed_written: bool = False,
+    bim_written: bool = False,
 ) -> None:
     """Write ``out.bed/.bim/.fam`` and ``out.irem`` as ``plink1.9 --make-bed`` does
-    (``bed_written``: the .bed is already at its temporary name, see ``filter_variants``).
+    (``bed_written`` / ``bim_written``: that file is already at its temporary name, see
+    ``filter_variants``).
 
     Each file is written under a temporary name and renamed into place when all are written,
     so a failure leaves no partial output; an output that is an input file (``--out`` equal
     to ``--bfile``) first has the input renamed with a trailing ``~``, as plink1.9 does (the
     fileset keeps reading the renamed files). ``result.renamed_inputs`` lists those renames.
+    The previous ``out.bed/.bim/.fam`` (of an earlier run) are deleted on a thread of their
+    own while the rest is written, once the filters have passed: freeing a large file's
+    blocks takes about as long as writing the .bim, and plink1.9 replaces them as well.
     """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     result.renamed_inputs = _set_inputs_aside(fs.prefix, out)
     keep = result.kept_samples
     keep_idx = None if keep.all() else np.flatnonzero(keep)
-    with _replacing(out, (".bed", ".bim", ".fam")) as tmp:
-        if not bed_written:
-            rows = _output_rows(fs, result.output_order, result.reverse, keep_idx)
-            write_bed_rows(tmp[".bed"], rows)
-        order = result.output_order
-        write_bim_subset(tmp[".bim"], fs.bim, order, result.reverse[order])
-        write_fam_subset(tmp[".fam"], fs.fam, keep)
+    suffixes = (".bed", ".bim", ".fam")
+    release = _delete_previous_outputs(fs.prefix, out, suffixes)
+    try:
+        with _replacing(out, suffixes) as tmp:
+            if not bed_written:
+                rows = _output_rows(fs, result.output_order, result.reverse, keep_idx)
+                write_bed_rows(tmp[".bed"], rows)
+            if not bim_written:
+                order = result.output_order
+                write_bim_subset(tmp[".bim"], fs.bim, order, result.reverse[order])
+            write_fam_subset(tmp[".fam"], fs.fam, keep)
+            release.join()
+    finally:
+        release.join()
     irem = _with_suffix(out, ".irem")
     if result.sample_removed_mind.any():
         ids = zip(result.sample_ids, result.sample_removed_mind, strict=True)
@@ -598,6 +633,26 @@ def _output_rows(
     for a in range(0, order.size, step):
         rows = order[a : a + step]
         yield extract_rows(fs.bed, n, rows, reverse[rows], keep_idx)
+
+
+def _delete_previous_outputs(prefix: Path, out: Path, suffixes: Sequence[str]) -> threading.Thread:
+    """A started thread deleting each ``out + suffix`` that exists and is none of the input
+    files (those were set aside already when ``--out`` equals ``--bfile``)."""
+    inputs = [p for p in (_with_suffix(prefix, s) for s in suffixes) if p.exists()]
+
+    def delete() -> None:
+        for s in suffixes:
+            old = _with_suffix(out, s)
+            try:
+                if any(os.path.samefile(old, p) for p in inputs):
+                    continue
+                old.unlink()
+            except FileNotFoundError:
+                continue
+
+    thread = threading.Thread(target=delete, name="g2i-qc-delete-old-outputs")
+    thread.start()
+    return thread
 
 
 def _set_inputs_aside(prefix: Path, out: Path) -> list[tuple[str, str]]:

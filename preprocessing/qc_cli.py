@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -141,5 +142,18 @@ def _run(argv: Sequence[str] | None) -> int:
     return 0
 
 
+def console() -> NoReturn:
+    """The ``g2i-qc`` command: ``main``, then an exit that skips the interpreter's teardown.
+
+    When ``main`` returns, every output file is closed and renamed into place and every worker
+    thread joined; what teardown would still do (finalise modules and objects, about 35 ms
+    after a 900 x 620,000 run) changes nothing on disk. Streams are flushed first.
+    """
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())
+    console()

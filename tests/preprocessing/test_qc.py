@@ -332,3 +332,29 @@ def test_cli_does_not_import_hydra_or_omegaconf() -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert proc.stdout.strip() == "[]"
+
+
+def test_rerun_replaces_the_previous_outputs_and_a_failed_one_keeps_them(tmp_path: Path) -> None:
+    """A second run into the same --out replaces the first run's .bed/.bim/.fam with
+    plink1.9's for the new flags; a run that fails in the filters (every variant removed)
+    leaves the previous outputs as they were."""
+    bfile = random_fileset(tmp_path / "in", seed=5)
+    ours, ref = tmp_path / "ours", tmp_path / "plink"
+    run_qc(bfile, qc_config(maf=0.01), ours)
+    first = read_outputs(ours)
+    g = np.zeros((5, 12), dtype=np.int8)  # monomorphic SNPs: --maf removes them all
+    variants = [Variant("1", f"m{j}", 0, 10 + j, "A", "G") for j in range(5)]
+    write_plink(tmp_path / "mono", g, variants, [Sample(f"F{i}", f"I{i}") for i in range(12)])
+    with pytest.raises(QCError, match="all variants removed"):
+        run_qc(tmp_path / "mono", qc_config(maf=0.01), ours)
+    assert read_outputs(ours) == first
+    flags = {"mind": 0.1, "geno": 0.05, "maf": 0.05}
+    run_qc(bfile, qc_config(0.1, 0.05, 0.05, None, ()), ours)
+    assert (
+        run_plink(
+            "--bfile", str(bfile), *plink_args(flags), "--make-bed", "--out", str(ref)
+        ).returncode
+        == 0
+    )
+    assert read_outputs(ours) == read_outputs(ref) != first
+    assert not list(tmp_path.glob(".ours*"))  # no temporary file left
