@@ -28,6 +28,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -36,6 +37,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from preprocessing.bed_kernels import (
+    BedFile,
     count_genotypes,
     extract_rows,
     map_ordered,
@@ -53,6 +55,7 @@ from preprocessing.plink import (
     PlinkFileset,
     bim_block_lines,
     bim_lines_native,
+    read_fam,
     read_plink,
     write_bed_rows,
     write_bim_subset,
@@ -345,6 +348,35 @@ def sample_missing(fileset: PlinkFileset) -> tuple[np.ndarray, int]:
     return total, n_y
 
 
+def _missing_before_bim(prefix: Path) -> tuple[int, int, np.ndarray]:
+    """(n_samples, n_snps, missing calls per sample over every row), the row count taken from
+    the .bed's size: what ``sample_missing`` gives when there is no chrY, before the .bim is
+    read. Any problem with the files is left to ``read_plink`` to report."""
+    fam = read_fam(_with_suffix(prefix, ".fam"))
+    nb = (fam.n + 3) // 4
+    path = _with_suffix(prefix, ".bed")
+    n_snps, rest = divmod(path.stat().st_size - len(BED_MAGIC), nb) if nb else (0, 1)
+    if rest or n_snps <= 0:
+        raise ValueError("size left to read_plink to check")
+    bed = BedFile(path, n_snps, nb)
+    try:
+        everyone = np.ones(fam.n, dtype=bool)
+        return fam.n, n_snps, sample_missing_counts(bed, fam.n, everyone, threads=1)
+    finally:
+        bed.close()
+
+
+def _early_missing(job: Future | None, fs: PlinkFileset) -> np.ndarray | None:
+    """The counts of ``_missing_before_bim`` when they are those of ``fs`` (same shape, no
+    chrY row), else None (then ``sample_missing`` counts them)."""
+    if job is None or job.exception() is not None:
+        return None
+    n_samples, n_snps, missing = job.result()
+    if (n_samples, n_snps) != (fs.n_samples, fs.n_snps) or bool((fs.bim.chrom == CHROM_Y).any()):
+        return None
+    return missing
+
+
 @dataclass
 class OutputRows:
     """What a filtering pass also writes: the kept rows of each block, in input order, for
@@ -501,11 +533,19 @@ def run_qc(
     """
     t0 = time.perf_counter()
     config = config or QCThresholds()
-    fs = bfile if isinstance(bfile, PlinkFileset) else read_plink(bfile)
+    if isinstance(bfile, PlinkFileset):
+        fs, early = bfile, None
+    else:
+        # --mind's counts over every row start on a thread of their own while the .bim is
+        # parsed (they need the .fam only); kept when the .bim has no chrY (males only there)
+        with ThreadPoolExecutor(1) as pool:
+            job = pool.submit(_missing_before_bim, Path(bfile)) if config.mind < 1.0 else None
+            fs = read_plink(bfile)
+            early = _early_missing(job, fs)
     fam, bim = fs.fam, fs.bim
     chromosome_runs(bim.chrom, fs.prefix)
     if config.mind < 1.0:
-        missing, n_y = sample_missing(fs)
+        missing, n_y = (early, 0) if early is not None else sample_missing(fs)
         removed = mind_failures(missing, fam.male, fs.n_snps, n_y, config.mind)
     else:
         removed = np.zeros(fs.n_samples, dtype=bool)

@@ -358,3 +358,21 @@ def test_rerun_replaces_the_previous_outputs_and_a_failed_one_keeps_them(tmp_pat
     )
     assert read_outputs(ours) == read_outputs(ref) != first
     assert not list(tmp_path.glob(".ours*"))  # no temporary file left
+
+
+def test_mind_counts_taken_before_the_bim_is_read_equal_the_usual_ones(tmp_path: Path) -> None:
+    """Without chrY, --mind's counts start from the .fam and the .bed's size alone (beside the
+    .bim's parsing) and equal ``sample_missing``'s; with a chrY row they are not used."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from preprocessing.qc import _early_missing, _missing_before_bim, sample_missing
+
+    for chroms, used in ((("1", "2", "X", "22"), True), (("1", "Y"), False)):
+        bfile = random_fileset(tmp_path / f"in{len(chroms)}", seed=3, chroms=chroms)
+        fs = read_plink(bfile)
+        with ThreadPoolExecutor(1) as pool:
+            early = _early_missing(pool.submit(_missing_before_bim, Path(bfile)), fs)
+        if used:
+            assert early is not None and np.array_equal(early, sample_missing(fs)[0])
+        else:
+            assert early is None
