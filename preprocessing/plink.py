@@ -408,10 +408,10 @@ def open_bed(path: str | Path, n_samples: int, n_snps: int) -> np.ndarray:
     return np.memmap(path, dtype=np.uint8, mode="r", offset=3, shape=(n_snps, nb))
 
 
-def read_plink(prefix: str | Path) -> PlinkFileset:
-    """Read and validate ``prefix.bed/.bim/.fam``."""
+def read_plink(prefix: str | Path, fam: Fam | None = None) -> PlinkFileset:
+    """Read and validate ``prefix.bed/.bim/.fam`` (``fam``: the .fam, already read)."""
     prefix = Path(prefix)
-    fam = read_fam(prefix.with_name(prefix.name + ".fam"))
+    fam = fam if fam is not None else read_fam(prefix.with_name(prefix.name + ".fam"))
     bim = read_bim(prefix.with_name(prefix.name + ".bim"))
     bed_path = prefix.with_name(prefix.name + ".bed")
     bed = open_bed(bed_path, fam.n, bim.n)
@@ -431,7 +431,7 @@ def bim_lines_native(bim: Bim) -> bool:
 
 def bim_block_lines(bim: Bim, rows: np.ndarray, swap_alleles: np.ndarray) -> np.ndarray:
     """The output .bim lines of ``rows`` as bytes (uint8), by the compiled kernel (only when
-    ``bim_lines_native``): what ``write_bim_subset`` writes for them, for one block."""
+    ``bim_lines_native``): what ``write_bim_subset`` writes for them."""
     rows = np.ascontiguousarray(rows, dtype=np.int64)
     if not rows.size:
         return np.zeros(0, dtype=np.uint8)
@@ -454,11 +454,7 @@ def write_bim_subset(
     rows = np.ascontiguousarray(rows, dtype=np.int64)
     swap = np.asarray(swap_alleles, dtype=bool)
     if bim_lines_native(bim):
-        out = np.empty(len(bim.raw) + 4 * rows.size + 16, dtype=np.uint8)
-        n = _ext.bim_lines(
-            bim.raw, bim.tok_start, bim.tok_end, rows, swap.astype(np.uint8), bim.chrom, out
-        )
-        Path(path).write_bytes(memoryview(out)[:n])
+        Path(path).write_bytes(memoryview(bim_block_lines(bim, rows, swap)))
         return
     base = len(bim.raw)
     extra = bytearray(b"\t\n0")

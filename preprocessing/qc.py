@@ -52,6 +52,7 @@ from preprocessing.plink import (
     CHROM_X,
     CHROM_Y,
     Bim,
+    Fam,
     PlinkFileset,
     bim_block_lines,
     bim_lines_native,
@@ -348,11 +349,10 @@ def sample_missing(fileset: PlinkFileset) -> tuple[np.ndarray, int]:
     return total, n_y
 
 
-def _missing_before_bim(prefix: Path) -> tuple[int, int, np.ndarray]:
+def _missing_before_bim(prefix: Path, fam: Fam) -> tuple[int, int, np.ndarray]:
     """(n_samples, n_snps, missing calls per sample over every row), the row count taken from
     the .bed's size: what ``sample_missing`` gives when there is no chrY, before the .bim is
-    read. Any problem with the files is left to ``read_plink`` to report."""
-    fam = read_fam(_with_suffix(prefix, ".fam"))
+    read. Any problem with the .bed is left to ``read_plink`` to report."""
     nb = (fam.n + 3) // 4
     path = _with_suffix(prefix, ".bed")
     n_snps, rest = divmod(path.stat().st_size - len(BED_MAGIC), nb) if nb else (0, 1)
@@ -538,9 +538,10 @@ def run_qc(
     else:
         # --mind's counts over every row start on a thread of their own while the .bim is
         # parsed (they need the .fam only); kept when the .bim has no chrY (males only there)
+        fam = read_fam(_with_suffix(Path(bfile), ".fam"))
         with ThreadPoolExecutor(1) as pool:
-            job = pool.submit(_missing_before_bim, Path(bfile)) if config.mind < 1.0 else None
-            fs = read_plink(bfile)
+            job = pool.submit(_missing_before_bim, Path(bfile), fam) if config.mind < 1.0 else None
+            fs = read_plink(bfile, fam)
             early = _early_missing(job, fs)
     fam, bim = fs.fam, fs.bim
     chromosome_runs(bim.chrom, fs.prefix)
@@ -629,8 +630,8 @@ def write_qc_outputs(
     keep_idx = None if keep.all() else np.flatnonzero(keep)
     suffixes = (".bed", ".bim", ".fam")
     release = _delete_previous_outputs(fs.prefix, out, suffixes)
-    try:
-        with _replacing(out, suffixes) as tmp:
+    with _replacing(out, suffixes) as tmp:
+        try:
             if not bed_written:
                 rows = _output_rows(fs, result.output_order, result.reverse, keep_idx)
                 write_bed_rows(tmp[".bed"], rows)
@@ -638,9 +639,8 @@ def write_qc_outputs(
                 order = result.output_order
                 write_bim_subset(tmp[".bim"], fs.bim, order, result.reverse[order])
             write_fam_subset(tmp[".fam"], fs.fam, keep)
-            release.join()
-    finally:
-        release.join()
+        finally:
+            release.join()  # before the renames into place (or the clean-up on failure)
     irem = _with_suffix(out, ".irem")
     if result.sample_removed_mind.any():
         ids = zip(result.sample_ids, result.sample_removed_mind, strict=True)

@@ -371,7 +371,7 @@ def test_mind_counts_taken_before_the_bim_is_read_equal_the_usual_ones(tmp_path:
         bfile = random_fileset(tmp_path / f"in{len(chroms)}", seed=3, chroms=chroms)
         fs = read_plink(bfile)
         with ThreadPoolExecutor(1) as pool:
-            early = _early_missing(pool.submit(_missing_before_bim, Path(bfile)), fs)
+            early = _early_missing(pool.submit(_missing_before_bim, Path(bfile), fs.fam), fs)
         if used:
             assert early is not None and np.array_equal(early, sample_missing(fs)[0])
         else:
