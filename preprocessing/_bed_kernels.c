@@ -15,7 +15,9 @@
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <errno.h>
 #include <string.h>
+#include <unistd.h>
 
 #define M5 0x5555555555555555ULL
 
@@ -236,6 +238,25 @@ static void flush_a(MissingAcc *m, uint32_t *res) {
     if (++m->nb == 5) flush_b(m, res); /* 5 x 3 = 15 per nibble */
 }
 
+/* Adds the missing flags of `rows` consecutive rows into the accumulator. */
+static void missing_rows(MissingAcc *m, const uint8_t *base, Py_ssize_t nb, Py_ssize_t rows,
+                         const uint64_t *mk, uint32_t *res) {
+    for (Py_ssize_t r = 0; r < rows; r++) {
+        const uint8_t *row = base + r * nb;
+        for (Py_ssize_t k = 0; k < m->n_words; k++) {
+            uint64_t w = load_word(row, nb, k);
+            m->a[k] += w & ~(w >> 1) & mk[k];
+        }
+        if (++m->na == 3) flush_a(m, res);
+    }
+}
+
+static void flush_all(MissingAcc *m, uint32_t *res) {
+    flush_a(m, res);
+    flush_b(m, res);
+    flush_c(m, res);
+}
+
 /* sample_missing(bed, nb, row_start, row_stop, mask, out): out[s] += number of rows where
  * sample s (selected by mask, 2s bits) has the missing code 01.  out: uint32, >= 32 * W. */
 static PyObject *sample_missing(PyObject *self, PyObject *args) {
@@ -256,17 +277,8 @@ static PyObject *sample_missing(PyObject *self, PyObject *args) {
         MissingAcc m = {n_words, state, state + n_words, state + 2 * n_words,
                         state + 3 * n_words, 0, 0, 0};
         Py_BEGIN_ALLOW_THREADS
-        for (Py_ssize_t r = row_start; r < row_stop; r++) {
-            const uint8_t *row = base + r * nb;
-            for (Py_ssize_t k = 0; k < n_words; k++) {
-                uint64_t w = load_word(row, nb, k);
-                m.a[k] += w & ~(w >> 1) & mk[k];
-            }
-            if (++m.na == 3) flush_a(&m, res);
-        }
-        flush_a(&m, res);
-        flush_b(&m, res);
-        flush_c(&m, res);
+        missing_rows(&m, base + row_start * nb, nb, row_stop - row_start, mk, res);
+        flush_all(&m, res);
         Py_END_ALLOW_THREADS
     }
     PyMem_RawFree(state);
@@ -278,6 +290,82 @@ static PyObject *sample_missing(PyObject *self, PyObject *args) {
         return NULL;
     }
     Py_RETURN_NONE;
+}
+
+/* sample_missing_file(fd, offset, nb, n_rows, mask, out): sample_missing over rows 0..n_rows
+ * of a file, row 0 at byte `offset`, read block by block (pread) without the GIL for the whole
+ * pass.  Returns 0, or the errno of a failed read (-1: the file ended early). */
+#define FILE_BLOCK_BYTES (1 << 21)
+static PyObject *sample_missing_file(PyObject *self, PyObject *args) {
+    int fd;
+    Py_buffer mask, out;
+    Py_ssize_t offset, nb, n_rows;
+    if (!PyArg_ParseTuple(args, "innny*w*", &fd, &offset, &nb, &n_rows, &mask, &out)) {
+        return NULL;
+    }
+    Py_ssize_t n_words = (nb + 7) / 8;
+    int ok = nb > 0 && n_rows >= 0 && offset >= 0 && mask.len >= n_words * 8 &&
+             out.len >= n_words * 32 * 4;
+    Py_ssize_t block_rows = FILE_BLOCK_BYTES / nb > 16 ? FILE_BLOCK_BYTES / nb : 16;
+    uint64_t *state = ok ? PyMem_RawCalloc((size_t)(7 * n_words + 1), sizeof(uint64_t)) : NULL;
+    uint8_t *buf = ok ? PyMem_RawMalloc((size_t)(block_rows * nb)) : NULL;
+    int err = 0;
+    if (ok && (state == NULL || buf == NULL)) {
+        PyMem_RawFree(state);
+        PyMem_RawFree(buf);
+        PyBuffer_Release(&mask);
+        PyBuffer_Release(&out);
+        return PyErr_NoMemory();
+    }
+    if (ok) {
+        const uint64_t *mk = (const uint64_t *)mask.buf;
+        uint32_t *res = (uint32_t *)out.buf;
+        MissingAcc m = {n_words, state, state + n_words, state + 2 * n_words,
+                        state + 3 * n_words, 0, 0, 0};
+        Py_BEGIN_ALLOW_THREADS
+        for (Py_ssize_t r0 = 0; r0 < n_rows && !err; r0 += block_rows) {
+            Py_ssize_t rows = n_rows - r0 < block_rows ? n_rows - r0 : block_rows;
+            Py_ssize_t want = rows * nb, done = 0;
+            while (done < want) {
+                ssize_t got = pread(fd, buf + done, (size_t)(want - done),
+                                    (off_t)(offset + r0 * nb + done));
+                if (got <= 0) {
+                    err = got < 0 ? errno : -1;
+                    break;
+                }
+                done += got;
+            }
+            if (!err) missing_rows(&m, buf, nb, rows, mk, res);
+        }
+        flush_all(&m, res);
+        Py_END_ALLOW_THREADS
+    }
+    PyMem_RawFree(state);
+    PyMem_RawFree(buf);
+    PyBuffer_Release(&mask);
+    PyBuffer_Release(&out);
+    if (!ok) {
+        PyErr_SetString(PyExc_ValueError, "sample_missing_file: buffer sizes do not match");
+        return NULL;
+    }
+    return PyLong_FromLong(err);
+}
+
+/* count_byte(buf, byte): occurrences of one byte value (memchr), without the GIL. */
+static PyObject *count_byte(PyObject *self, PyObject *args) {
+    Py_buffer buf;
+    int byte;
+    if (!PyArg_ParseTuple(args, "y*i", &buf, &byte)) return NULL;
+    Py_ssize_t n = 0;
+    Py_BEGIN_ALLOW_THREADS
+    const char *p = buf.buf, *end = p + buf.len;
+    while (p < end && (p = memchr(p, byte, (size_t)(end - p))) != NULL) {
+        n++;
+        p++;
+    }
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&buf);
+    return PyLong_FromSsize_t(n);
 }
 
 /* 64 bits of a row starting at bit `bit` (little-endian); bits past the row read as 0. */
@@ -927,6 +1015,9 @@ static PyMethodDef methods[] = {
      "Allow the AVX-512 path; returns the old value."},
     {"have_avx512", have_avx512, METH_NOARGS, "Whether the AVX-512 counting path runs here."},
     {"sample_missing", sample_missing, METH_VARARGS, "Per-sample missing-call counts."},
+    {"sample_missing_file", sample_missing_file, METH_VARARGS,
+     "Per-sample missing-call counts over a file's rows."},
+    {"count_byte", count_byte, METH_VARARGS, "Occurrences of one byte value."},
     {"extract_rows", extract_rows, METH_VARARGS, "Subset, reverse and repack .bed rows."},
     {"hwe_pvalues", hwe_pvalues, METH_VARARGS, "Exact HWE p-values."},
     {"hwe_fail_mask", hwe_fail_mask, METH_VARARGS, "Exact HWE threshold test."},

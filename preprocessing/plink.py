@@ -23,6 +23,7 @@ import numpy as np
 from preprocessing.bed_kernels import BedFile, Rows, _ext
 from preprocessing.errors import GenotypeFormatError
 from preprocessing.plink_io import BED_MAGIC
+from preprocessing.qc_prefetch import ParsedBim
 
 CHROM_X, CHROM_Y, CHROM_XY, CHROM_MT = 23, 24, 25, 26
 _CHROM_ALIASES = {"X": CHROM_X, "Y": CHROM_Y, "XY": CHROM_XY, "M": CHROM_MT, "MT": CHROM_MT}
@@ -184,13 +185,16 @@ def _canonical_cm(value: float) -> bytes:
     return b"0" if value == 0 else (b"%.8g" % value)
 
 
-def read_bim(path: str | Path) -> Bim:
-    """Parse and validate a .bim file (chromosome codes, integer positions, numeric cM)."""
+def read_bim(path: str | Path, parsed: ParsedBim | None = None) -> Bim:
+    """Parse and validate a .bim file (chromosome codes, integer positions, numeric cM).
+
+    ``parsed``: the file already tokenised by the compiled kernel (``qc_prefetch``); it is
+    validated here as the file itself would be."""
     path = Path(path)
-    raw = _read_bytes(path)
+    raw = parsed.raw if parsed is not None else _read_bytes(path)
     id_hash = None
     if _ext is not None and len(raw) < 2**31 - 1:
-        starts, ends, line_no, pos, flags, id_hash = _parse_bim_fast(raw, path)
+        starts, ends, line_no, pos, flags, id_hash = _parse_bim_fast(raw, path, parsed)
     else:
         starts, ends, line_no = _tokenize(raw, path, 6)
         pos = flags = None
@@ -232,12 +236,23 @@ def read_bim(path: str | Path) -> Bim:
     return bim
 
 
-def _parse_bim_fast(raw: bytes, path: Path) -> tuple[np.ndarray, ...]:
-    cap = raw.count(b"\n") + 1
-    starts, ends = np.empty((cap, 6), np.int32), np.empty((cap, 6), np.int32)
-    line_no, pos = np.empty(cap, np.int64), np.empty(cap, np.int64)
-    flags, id_hash = np.empty(cap, np.uint8), np.empty(cap, np.uint64)
-    n = _ext.parse_bim(raw, starts, ends, line_no, pos, flags, id_hash)
+def _parse_bim_fast(
+    raw: bytes, path: Path, parsed: ParsedBim | None = None
+) -> tuple[np.ndarray, ...]:
+    if parsed is not None:
+        cap, n = parsed.cap, parsed.n
+        starts = np.frombuffer(parsed.tok_start, np.int32).reshape(cap, 6)
+        ends = np.frombuffer(parsed.tok_end, np.int32).reshape(cap, 6)
+        line_no = np.frombuffer(parsed.line_no, np.int64)
+        pos = np.frombuffer(parsed.pos, np.int64)
+        flags = np.frombuffer(parsed.flags, np.uint8)
+        id_hash = np.frombuffer(parsed.id_hash, np.uint64)
+    else:
+        cap = raw.count(b"\n") + 1
+        starts, ends = np.empty((cap, 6), np.int32), np.empty((cap, 6), np.int32)
+        line_no, pos = np.empty(cap, np.int64), np.empty(cap, np.int64)
+        flags, id_hash = np.empty(cap, np.uint8), np.empty(cap, np.uint64)
+        n = _ext.parse_bim(raw, starts, ends, line_no, pos, flags, id_hash)
     if n < 0:
         text = raw.split(b"\n")[-n - 1]
         raise GenotypeFormatError(
@@ -408,11 +423,14 @@ def open_bed(path: str | Path, n_samples: int, n_snps: int) -> np.ndarray:
     return np.memmap(path, dtype=np.uint8, mode="r", offset=3, shape=(n_snps, nb))
 
 
-def read_plink(prefix: str | Path, fam: Fam | None = None) -> PlinkFileset:
-    """Read and validate ``prefix.bed/.bim/.fam`` (``fam``: the .fam, already read)."""
+def read_plink(
+    prefix: str | Path, fam: Fam | None = None, parsed_bim: ParsedBim | None = None
+) -> PlinkFileset:
+    """Read and validate ``prefix.bed/.bim/.fam`` (``fam``: the .fam, already read;
+    ``parsed_bim``: the .bim, already tokenised, see ``read_bim``)."""
     prefix = Path(prefix)
     fam = fam if fam is not None else read_fam(prefix.with_name(prefix.name + ".fam"))
-    bim = read_bim(prefix.with_name(prefix.name + ".bim"))
+    bim = read_bim(prefix.with_name(prefix.name + ".bim"), parsed_bim)
     bed_path = prefix.with_name(prefix.name + ".bed")
     bed = open_bed(bed_path, fam.n, bim.n)
     return PlinkFileset(prefix, fam, bim, bed, BedFile(bed_path, *bed.shape) if bed.size else None)

@@ -63,6 +63,7 @@ from preprocessing.plink import (
     write_fam_subset,
 )
 from preprocessing.plink_io import BED_MAGIC
+from preprocessing.qc_prefetch import MissingCounts, Prefetch
 
 if TYPE_CHECKING:  # the Hydra schema; importing it at run time costs g2i-qc OmegaConf
     from conf.schema import QCConfig
@@ -371,7 +372,20 @@ def _early_missing(job: Future | None, fs: PlinkFileset) -> np.ndarray | None:
     chrY row), else None (then ``sample_missing`` counts them)."""
     if job is None or job.exception() is not None:
         return None
-    n_samples, n_snps, missing = job.result()
+    return _missing_of(*job.result(), fs)
+
+
+def _prefetched_missing(counts: MissingCounts | None, fs: PlinkFileset) -> np.ndarray | None:
+    """``qc_prefetch``'s --mind counts as ``_early_missing`` takes them (None: not usable)."""
+    if counts is None:
+        return None
+    missing = np.frombuffer(counts.counts, np.uint32)[: counts.n_samples].astype(np.int64)
+    return _missing_of(counts.n_samples, counts.n_snps, missing, fs)
+
+
+def _missing_of(
+    n_samples: int, n_snps: int, missing: np.ndarray, fs: PlinkFileset
+) -> np.ndarray | None:
     if (n_samples, n_snps) != (fs.n_samples, fs.n_snps) or bool((fs.bim.chrom == CHROM_Y).any()):
         return None
     return missing
@@ -524,12 +538,15 @@ def run_qc(
     out: str | Path | None = None,
     *,
     keep_allele_order: bool = False,
+    prefetch: Prefetch | None = None,
 ) -> QCResult:
     """Run PLINK-exact QC on a fileset; with ``out``, write ``out.bed/.bim/.fam``, ``out.irem``
     (when samples were removed), ``out.log`` and ``out.qc.json``.
 
     Thresholds that switch a filter off: mind >= 1, geno >= 1, hwe <= 0, maf <= 0. The file
     is read in blocks (--mind, then the variant filters, then the output), never whole.
+    ``prefetch``: the .bim's tokens and --mind's counts, started before this module was
+    imported (``qc_prefetch``, the CLI's); each is used only where it matches the fileset.
     """
     t0 = time.perf_counter()
     config = config or QCThresholds()
@@ -539,10 +556,15 @@ def run_qc(
         # --mind's counts over every row start on a thread of their own while the .bim is
         # parsed (they need the .fam only); kept when the .bim has no chrY (males only there)
         fam = read_fam(_with_suffix(Path(bfile), ".fam"))
-        with ThreadPoolExecutor(1) as pool:
-            job = pool.submit(_missing_before_bim, Path(bfile), fam) if config.mind < 1.0 else None
-            fs = read_plink(bfile, fam)
-            early = _early_missing(job, fs)
+        if prefetch is not None:
+            fs = read_plink(bfile, fam, prefetch.bim())
+            early = _prefetched_missing(prefetch.missing(), fs) if config.mind < 1.0 else None
+        else:
+            with ThreadPoolExecutor(1) as pool:
+                mind = config.mind < 1.0
+                job = pool.submit(_missing_before_bim, Path(bfile), fam) if mind else None
+                fs = read_plink(bfile, fam)
+                early = _early_missing(job, fs)
     fam, bim = fs.fam, fs.bim
     chromosome_runs(bim.chrom, fs.prefix)
     if config.mind < 1.0:

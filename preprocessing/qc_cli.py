@@ -116,13 +116,24 @@ def _run(argv: Sequence[str] | None) -> int:
         hwe, modifiers = _hwe_option(args.hwe)
     except SystemExit as exc:
         return int(exc.code or 0)
-    # imported here so that --help and flag errors answer at once
+    # The .bim's tokens and --mind's counts start on threads of their own (compiled kernels,
+    # no numpy) while numpy and the QC modules are imported here, after the flags were read
+    # (so --help and flag errors answer at once).
+    from preprocessing.qc_prefetch import Prefetch
+
+    prefetch = Prefetch(args.bfile, mind=args.mind is not None and args.mind < 1.0)
     from preprocessing.errors import G2IError
     from preprocessing.qc import qc_thresholds, run_qc
 
     config = qc_thresholds(args.mind, args.geno, args.maf, hwe, modifiers)
     try:
-        result = run_qc(args.bfile, config, args.out, keep_allele_order=args.keep_allele_order)
+        result = run_qc(
+            args.bfile,
+            config,
+            args.out,
+            keep_allele_order=args.keep_allele_order,
+            prefetch=prefetch,
+        )
     except G2IError as exc:
         print(f"g2i-qc: error: {exc}", file=sys.stderr)
         return 2

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from preprocessing import bed_kernels
+from preprocessing.errors import GenotypeFormatError
 from preprocessing.plink import read_plink
 from preprocessing.plink_io import Sample, Variant, write_plink
 from preprocessing.qc import (
@@ -376,3 +377,80 @@ def test_mind_counts_taken_before_the_bim_is_read_equal_the_usual_ones(tmp_path:
             assert early is not None and np.array_equal(early, sample_missing(fs)[0])
         else:
             assert early is None
+
+
+@pytest.mark.parametrize("n_samples", [1, 3, 4, 5, 31, 32, 33, 61, 64, 65])
+def test_prefetch_mask_and_missing_counts_equal_the_numpy_ones(
+    n_samples: int, tmp_path: Path
+) -> None:
+    """The CLI's numpy-free first pass: its sample mask is ``sample_mask_words``'s bytes, and
+    its missing counts (the kernel reading the .bed itself) equal ``sample_missing``'s, for
+    sample counts that fill a .bed byte or a 64-bit word or leave either partial."""
+    from preprocessing.bed_kernels import HAVE_EXTENSION, sample_mask_words
+    from preprocessing.qc import _prefetched_missing, sample_missing
+    from preprocessing.qc_prefetch import all_samples_mask, missing_counts
+
+    if not HAVE_EXTENSION:
+        pytest.skip("the compiled kernels are not built")
+    expected = sample_mask_words(np.ones(n_samples, dtype=bool)).tobytes()
+    assert bytes(all_samples_mask(n_samples)) == expected
+    bfile = random_fileset(
+        tmp_path / "in", n_samples=n_samples, seed=n_samples, missing=0.2, chroms=("1", "2", "X")
+    )
+    fs = read_plink(bfile)
+    counts = missing_counts(Path(f"{bfile}.bed"), n_samples)
+    assert (counts.n_samples, counts.n_snps) == (fs.n_samples, fs.n_snps)
+    got = _prefetched_missing(counts, fs)
+    assert got is not None and np.array_equal(got, sample_missing(fs)[0])
+    assert sample_missing(fs)[0].sum() > 0
+
+
+def test_prefetched_bim_validates_as_the_file_does(tmp_path: Path) -> None:
+    """``read_bim`` on the prefetched tokens gives the arrays of its own parse, and a bad
+    line found by the prefetch is reported with its line number, as without it."""
+    from preprocessing.bed_kernels import HAVE_EXTENSION
+    from preprocessing.plink import read_bim
+    from preprocessing.qc_prefetch import ParsedBim
+
+    if not HAVE_EXTENSION:
+        pytest.skip("the compiled kernels are not built")
+    bfile = random_fileset(tmp_path / "in", seed=7)
+    path = Path(f"{bfile}.bim")
+    own, pre = read_bim(path), read_bim(path, ParsedBim(path.read_bytes()))
+    for name in ("tok_start", "tok_end", "line_no", "chrom", "pos"):
+        assert np.array_equal(getattr(own, name), getattr(pre, name)), name
+    assert own.cm_text == pre.cm_text and own.pos_canonical == pre.pos_canonical
+    lines = path.read_bytes().splitlines(keepends=True)
+    lines[4] = b"1\tbroken\t0\t100\tA\n"
+    path.write_bytes(b"".join(lines))
+    with pytest.raises(GenotypeFormatError, match="expected 6") as own_err:
+        read_bim(path)
+    with pytest.raises(GenotypeFormatError, match="expected 6") as pre_err:
+        read_bim(path, ParsedBim(path.read_bytes()))
+    assert str(own_err.value) == str(pre_err.value) and "line 5" in str(pre_err.value)
+
+
+@needs_plink
+def test_cli_uses_the_prefetched_mind_counts_without_chry_and_matches_plink(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without chrY the CLI's --mind counts are the prefetched ones (``sample_missing`` is
+    never called); with chrY they are counted again, males only there. Outputs equal
+    plink1.9's either way."""
+    import preprocessing.qc as qc_module
+
+    calls = []
+    usual = qc_module.sample_missing
+    monkeypatch.setattr(qc_module, "sample_missing", lambda fs: calls.append(1) or usual(fs))
+    for k, (chroms, recounted) in enumerate(((("1", "2", "X"), False), (("1", "Y", "22"), True))):
+        bfile = random_fileset(tmp_path / f"in{k}", seed=11 + k, chroms=chroms, missing=0.08)
+        ours, ref = tmp_path / f"ours{k}", tmp_path / f"ref{k}"
+        flags = {"mind": 0.1, "geno": 0.1, "maf": 0.05}
+        calls.clear()
+        assert qc_main(["--bfile", str(bfile), *plink_args(flags), "--out", str(ours)]) == 0
+        assert bool(calls) == (recounted or not bed_kernels.HAVE_EXTENSION)
+        args = ("--bfile", str(bfile), *plink_args(flags), "--make-bed", "--out", str(ref))
+        assert run_plink(*args).returncode == 0
+        assert read_outputs(ours) == read_outputs(ref)
+        assert json.loads(Path(f"{ours}.qc.json").read_text())["samples"]["removed_mind"] > 0
+    capsys.readouterr()
