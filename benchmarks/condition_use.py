@@ -232,6 +232,10 @@ def main(argv: list[str] | None = None) -> int:
         "overrides": args.overrides,
         "load_average": os.getloadavg(),
         "true_slope_mm2_per_copy": None if true is None else true["slope_mm2_per_copy"],
+        # the e4 ratio vs truth a perfect generator reaches here (at a fixed diagnosis)
+        "attainable_e4_ratio": None
+        if true is None or not true.get("attainable")
+        else true["attainable"]["ratio_at_fixed_dx"],
         "real_within_dx_slope_train": real_within,
         "variants": rows,
     }

@@ -110,10 +110,15 @@ def train_centralized(
         raise ValueError("privacy.mode=dp_sgd does not support train.adv_weight > 0")
     # One accountant over both phases; target_epsilon is spread over all their steps.
     ledger = PrivacyLedger()
-    per_epoch = max(1, len(train_set) // min(train_cfg.batch_size, len(train_set)))
+    n_train = len(train_set)
+    expected = privacy.expected_batch_size if dp else 0
+
+    def per_epoch(phase: str) -> int:
+        return max(1, n_train // min(expected or train_cfg.batch_for(phase), n_train))
+
     total_steps = planned_steps(
-        per_epoch, train_cfg.ae_epochs, train_cfg.max_steps_ae
-    ) + planned_steps(per_epoch, train_cfg.ldm_epochs, train_cfg.max_steps_ldm)
+        per_epoch("ae"), train_cfg.ae_epochs, train_cfg.max_steps_ae
+    ) + planned_steps(per_epoch("ldm"), train_cfg.ldm_epochs, train_cfg.max_steps_ldm)
     # The same core a federated site calls, on the pooled data, as one "site" and one round.
     core = partial(
         train_local,

@@ -51,10 +51,13 @@ def planned_dp_steps(
     only after a public stage, whose autoencoder the sites do not train), at the expected
     Poisson batch of ``privacy`` (else ``train.batch_size``)."""
     n = max(n_train)
-    batch = (privacy.expected_batch_size if privacy is not None else 0) or train.batch_size
-    per_epoch = max(1, n // max(1, min(batch, n)))
-    ae = fed.rounds_ae * planned_steps(per_epoch, train.ae_epochs, train.max_steps_ae)
-    ldm = fed.rounds_ldm * planned_steps(per_epoch, train.ldm_epochs, train.max_steps_ldm)
+    expected = privacy.expected_batch_size if privacy is not None else 0
+
+    def per_epoch(phase: str) -> int:
+        return max(1, n // max(1, min(expected or train.batch_for(phase), n)))
+
+    ae = fed.rounds_ae * planned_steps(per_epoch("ae"), train.ae_epochs, train.max_steps_ae)
+    ldm = fed.rounds_ldm * planned_steps(per_epoch("ldm"), train.ldm_epochs, train.max_steps_ldm)
     return ldm + (0 if pretrained else ae)
 
 

@@ -202,7 +202,7 @@ def train_local(
     freeze_all_but(model, trained)
     # Under DP-SGD the loader's batch is the expected Poisson batch: sample rate 1 / len.
     batch_size = privacy.expected_batch_size if dp and privacy.expected_batch_size else 0
-    loader = make_loader(dataset, batch_size or cfg.batch_size, seed)
+    loader = make_loader(dataset, batch_size or cfg.batch_for(phase), seed)
     reference = snapshot(model) if proximal_mu > 0 else None
     model.to(device).train()
     prepare_for_training(cfg, model, ae, private=dp)

@@ -137,6 +137,61 @@ def render_template_slices(
     return np.stack(out)
 
 
+def attainable_e4_effect(effects: dict[str, Any], n: int = 2_000_000, seed: int = 0) -> dict:
+    """The e4 effect on ventricle dilation that a perfect generator conditioned on the
+    diagnosis and the genotype would show, as a share of the direct effect.
+
+    A generator varies e4 at a fixed diagnosis (and fixed other SNPs). In the cohort the
+    diagnosis is a collider: it is cut from a liability that e4, the PRS, age and noise all
+    raise, and age also drives atrophy, so among subjects of one diagnosis the e4 carriers
+    are on average younger, which shrinks their ventricles again. The exact conditional
+    slope E[dilation | e4, PRS, DX] per copy is therefore below the direct effect. It is
+    computed here by drawing ``n`` subjects from the cohort's own formulas (``effects.json``:
+    APOE alleles, PRS ~ N(0, 1), age, site shifts by site size, diagnosis thresholds,
+    severity, clipped dilation) and fitting dilation on e4 with the PRS and a free intercept
+    per diagnosis. Returns ``ratio_at_fixed_dx`` (that slope over the direct effect: what an
+    ideal model's e4 ratio vs truth is), ``ratio_within_dx`` (without the PRS: the real
+    images' within-diagnosis slope estimates this) and ``ratio_total`` (no diagnosis: the
+    pooled slope, e4 -> diagnosis -> atrophy included), each with the slope in mm per copy.
+    """
+    c = effects["config"]
+    rng = np.random.default_rng(seed)
+    n_sites = int(c["n_sites"])
+    sizes = np.resize(np.asarray(c["subjects_per_site"], float), n_sites)
+    site = rng.choice(n_sites, size=n, p=sizes / sizes.sum())
+    shift = np.resize(np.asarray(c["site_liability_shift"], float), n_sites)[site]
+    e4 = (rng.choice(3, size=(n, 2), p=np.asarray(c["apoe_freqs"], float)) == 2).sum(axis=1)
+    prs = rng.normal(0.0, 1.0, n)
+    age_z = (np.clip(rng.normal(73.5, 7.0, n), 55.0, 92.0) - 73.5) / 7.0
+    genetic = c["effect_e4"] * e4 + c["effect_prs"] * prs
+    liability = genetic + c["effect_age"] * age_z + rng.normal(0.0, 1.0, n) + shift
+    dx = np.searchsorted(np.asarray(effects["dx_thresholds"], float), liability)
+    severity = (
+        c["atrophy_genetic"] * genetic
+        + c["atrophy_age"] * age_z
+        + np.asarray(c["atrophy_dx"], float)[dx]
+        + rng.normal(0.0, c["atrophy_noise_sd"], n)
+    )
+    dilation = np.clip(c["ventricle_mm_per_severity"] * severity, -1.0, 5.0)
+    direct = float(effects["ventricle_dilation_mm_per_e4_copy"])
+    dummies = [(dx == k).astype(float) for k in range(3) if (dx == k).any()]
+
+    def slope(columns: list[np.ndarray]) -> float:
+        x = np.column_stack([e4.astype(float), *columns])
+        return float(np.linalg.lstsq(x, dilation, rcond=None)[0][0])
+
+    fits = {
+        "at_fixed_dx": slope([*dummies, prs]),
+        "within_dx": slope(dummies),
+        "total": slope([np.ones(n)]),
+    }
+    out: dict[str, Any] = {"n": n, "direct_mm_per_copy": direct}
+    for name, value in fits.items():
+        out[f"mm_per_copy_{name}"] = value
+        out[f"ratio_{name}"] = value / direct
+    return out
+
+
 def true_ventricle_area_slope(
     truth_dir: str | Path,
     data_cfg: DataConfig,
@@ -153,6 +208,7 @@ def true_ventricle_area_slope(
         ``slice_z_mm``, ``z_jitter_mm``, ``halfwidth_mm``;
         ``observed_dilation_mm_per_copy`` and ``observed_slope_mm2_per_copy`` (total effect
         in this cohort's subjects, see the module docstring);
+        ``attainable``: ``attainable_e4_effect`` (what a perfect generator's e4 ratio is);
         with ``calibrate``: ``calibration`` = {dilations_mm, template_area_mm2,
         measured_area_mm2, template_slope, measured_slope, ratio}.
     """
@@ -184,6 +240,8 @@ def true_ventricle_area_slope(
         "halfwidth_mm": halfwidth_mm,
         "observed_dilation_mm_per_copy": observed,
         "observed_slope_mm2_per_copy": observed * slope,
+        # a cohort's effects.json holds the formulas' inputs (older or hand-written ones may not)
+        "attainable": attainable_e4_effect(effects) if "dx_thresholds" in effects else None,
     }
     if calibrate:
         out["calibration"] = measurement_calibration(list(calibration_dilations_mm), data_cfg)

@@ -303,6 +303,7 @@ def cell_summary(entry: dict[str, Any]) -> dict[str, Any]:
         if "real" in effect
         else None,
         **_within_dx(paired, effect.get("real", {}).get("within_diagnosis")),
+        **_attainable(paired, (effect.get("truth") or {}).get("attainable")),
         "fid": fid,
         "dx_area_mm2": ev.get("dx_area_mm2", {}).get("generated"),
         "dx_area_mm2_real": ev.get("dx_area_mm2", {}).get("real"),
@@ -314,6 +315,15 @@ def cell_summary(entry: dict[str, Any]) -> dict[str, Any]:
         "train_wall_s": entry.get("training", {}).get("train_wall_s"),
         "condition_use": _condition_use(entry),
     }
+
+
+def _attainable(paired: dict[str, Any], attainable: dict[str, Any] | None) -> dict[str, Any]:
+    """The e4 ratio a perfect generator would reach on this cohort (at a fixed diagnosis,
+    ``simulations.truth_effects.attainable_e4_effect``) and the cell's ratio over it."""
+    if not attainable or not paired or paired.get("ratio") is None:
+        return {"e4_ratio_attainable": None, "e4_ratio_vs_attainable": None}
+    ideal = attainable["ratio_at_fixed_dx"]
+    return {"e4_ratio_attainable": ideal, "e4_ratio_vs_attainable": paired["ratio"] / ideal}
 
 
 def _within_dx(paired: dict[str, Any], within: dict[str, Any] | None) -> dict[str, Any]:

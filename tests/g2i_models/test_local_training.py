@@ -157,3 +157,22 @@ def test_training_batches_carry_tensors_only_so_an_empty_poisson_batch_collates(
     dp.batch_sampler.sample_rate = 1e-9  # ...then an empty one
     batch = next(batches)
     assert batch["image"].shape[0] == 0 and batch["image"].shape[1:] == (1, 16, 16)
+
+
+def test_each_phase_trains_at_its_own_batch_size() -> None:
+    """``train.batch_size_ldm`` sets the LDM's batch and leaves the autoencoder's at
+    ``train.batch_size`` (0 = the same for both): the examples seen per step say so."""
+    torch.manual_seed(0)
+    model_cfg = tiny_model_config()
+    data = SyntheticSliceDataset(40, IMAGE_SIZE, n_snps=12, seed=0)
+    ae = build_autoencoder(model_cfg, IMAGE_SIZE)
+    scheduler = build_noise_scheduler(model_cfg)
+    for ldm_batch, expected in ((0, 4), (10, 10)):
+        cfg = tiny_train_config(batch_size=4, max_steps_ae=2, max_steps_ldm=3)
+        cfg = replace(cfg, batch_size_ldm=ldm_batch, ae_epochs=5, ldm_epochs=5)
+        assert (cfg.batch_for("ae"), cfg.batch_for("ldm")) == (4, expected)
+        ae_run = train_local("ae", ae, data, cfg, CPU, 1)
+        assert ae_run.metrics["num_examples"] == 2 * 4
+        denoiser = build_denoiser(model_cfg, 12, 4, data.snp_names)
+        ldm = train_local("ldm", denoiser, data, cfg, CPU, 2, ae=ae, scheduler=scheduler)
+        assert ldm.metrics["num_examples"] == 3 * expected

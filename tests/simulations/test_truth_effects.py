@@ -21,6 +21,7 @@ from g2i_eval.morphometry import (
 from simulations import anatomy
 from simulations.truth_effects import (
     area_slope_at,
+    attainable_e4_effect,
     render_template_slices,
     template_ventricle_area,
     true_ventricle_area_slope,
@@ -104,3 +105,53 @@ def test_slope_from_a_truth_folder(tmp_path: Path, fields: anatomy.TemplateField
 def test_missing_truth_folder_is_named(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="effects.json"):
         true_ventricle_area_slope(tmp_path, DataConfig())
+
+
+def _effects(**config) -> dict:
+    """An effects.json as g2i-simulate writes it, for the paper cohort's formulas."""
+    from dataclasses import asdict
+
+    from conf.schema import CohortConfig
+
+    cfg = {**asdict(CohortConfig()), "subjects_per_site": [300, 351, 260], **config}
+    per_copy = cfg["ventricle_mm_per_severity"] * cfg["atrophy_genetic"] * cfg["effect_e4"]
+    return {
+        "config": cfg,
+        "dx_thresholds": [-0.32, 1.25],
+        "ventricle_dilation_mm_per_e4_copy": per_copy,
+    }
+
+
+def test_attainable_e4_effect_is_the_direct_one_without_a_collider_path() -> None:
+    """With no age effect on either liability or atrophy, nothing but e4 and the PRS links e4
+    to the atrophy of subjects of one diagnosis: the conditional slope is the direct effect.
+    With the cohort's age effects it is below it, above the within-diagnosis slope that
+    ignores the PRS, and the pooled slope (through the diagnosis) is far above."""
+    plain = attainable_e4_effect(_effects(effect_age=0.0, atrophy_age=0.0), n=400_000)
+    assert plain["ratio_at_fixed_dx"] == pytest.approx(1.0, abs=0.02)
+    real = attainable_e4_effect(_effects(), n=400_000)
+    assert 0.6 < real["ratio_at_fixed_dx"] < 0.95
+    assert real["ratio_within_dx"] < real["ratio_at_fixed_dx"] - 0.02
+    assert real["ratio_total"] > 1.3
+    again = attainable_e4_effect(_effects(), n=400_000, seed=1)
+    assert again["ratio_at_fixed_dx"] == pytest.approx(real["ratio_at_fixed_dx"], abs=0.02)
+
+
+def test_attainable_e4_effect_matches_the_cohort_generator(tmp_path: Path) -> None:
+    """The closed-form draw agrees with the cohort generator's own subjects: the slope fitted
+    on a generated cohort's truth table (dilation on e4 + PRS + diagnosis) falls within
+    sampling error of ``ratio_at_fixed_dx``."""
+    from simulations.cohort import simulate_cohort
+    from tests.conftest import small_cohort_config
+
+    cfg = small_cohort_config(write_mri=False, subjects_per_site=[1500])
+    simulate_cohort(cfg, tmp_path, seed=3)
+    effects = json.loads((tmp_path / "truth" / "effects.json").read_text())
+    subjects = pd.read_csv(tmp_path / "truth" / "subjects.csv")
+    dx = subjects["DX"].map({"CN": 0, "MCI": 1, "AD": 2}).to_numpy()
+    x = np.column_stack(
+        [subjects["APOE_e4"], subjects["prs_z"], *[(dx == k).astype(float) for k in range(3)]]
+    )
+    fit = np.linalg.lstsq(x, subjects["ventricle_dilation_mm"].to_numpy(), rcond=None)[0][0]
+    ratio = fit / effects["ventricle_dilation_mm_per_e4_copy"]
+    assert ratio == pytest.approx(attainable_e4_effect(effects)["ratio_at_fixed_dx"], abs=0.12)
