@@ -102,9 +102,23 @@ class Bim:
         return _gather_tokens(self.raw, starts, ends)
 
     def strings(self, k: int, rows: np.ndarray | None = None) -> list[str]:
-        """Token column k as str (tokens hold no whitespace: one join, decode and split)."""
-        tokens = self.column(k, rows).tolist()
-        return b"\n".join(tokens).decode(errors="replace").split("\n") if tokens else []
+        """Token column k as str (tokens hold no whitespace: one gather of the tokens, each
+        followed by a newline of the file, then one decode and split)."""
+        starts = self.tok_start[:, k] if rows is None else self.tok_start[rows, k]
+        if not starts.size:
+            return []
+        ends = self.tok_end[:, k] if rows is None else self.tok_end[rows, k]
+        newline = self.raw.find(b"\n")
+        if newline < 0:  # one line without a line end
+            tokens = _gather_tokens(self.raw, starts, ends).tolist()
+            return b"\n".join(tokens).decode(errors="replace").split("\n")
+        pieces = np.empty((starts.size, 2), dtype=np.int64)
+        lengths = np.ones((starts.size, 2), dtype=np.int64)
+        pieces[:, 0], pieces[:, 1] = starts, newline
+        lengths[:, 0] = ends - starts
+        src = np.frombuffer(self.raw, dtype=np.uint8)
+        text = _gather_pieces(src, pieces.ravel(), lengths.ravel()).tobytes()
+        return text.decode(errors="replace").split("\n")[:-1]
 
     @property
     def snp_ids(self) -> np.ndarray:

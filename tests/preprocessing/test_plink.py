@@ -42,6 +42,19 @@ def test_reads_a_valid_fileset(tmp_path: Path) -> None:
     assert fs.fam.case_control and fs.fam.control.all() and fs.fam.founder.all()
 
 
+def test_token_strings_of_rows_and_of_a_file_without_line_ends(tmp_path: Path) -> None:
+    """``Bim.strings`` gives the tokens of any rows in the order asked, with or without a
+    line end in the file (one variant, no final newline)."""
+    from preprocessing.plink import read_bim
+
+    bim = read_bim(Path(f"{small(tmp_path)}.bim"))
+    assert bim.strings(1, np.array([3, 0, 3])) == ["rs3", "rs0", "rs3"]
+    assert bim.strings(5) == ["G"] * 5 and bim.strings(1, np.array([], int)) == []
+    one = tmp_path / "one.bim"
+    one.write_bytes(b"2 rs_only 0.5 77 C T")
+    assert read_bim(one).strings(1) == ["rs_only"] and read_bim(one).strings(4) == ["C"]
+
+
 def test_truncated_bed(tmp_path: Path) -> None:
     prefix = small(tmp_path)
     bed = prefix.with_suffix(".bed")
