@@ -237,9 +237,10 @@ class TrainConfig:
 
     batch_size: int = 8
     # The LDM phase's batch (0 = batch_size). Measured on the paper-sized cohort (CPU, one
-    # thread, 600 LDM steps, README "Batch size of the LDM"): batch 16 costs 2.5x the time of
-    # batch 4 a step and raises the generated e4 ratio from 0.45 to 0.79; the autoencoder
-    # reaches a given PSNR sooner at batch 4, so the two phases have batches of their own.
+    # thread, 600 LDM steps, training seeds 0-2, README "Batch size and learning rate of the
+    # LDM"): batch 16 costs 2.5x batch 4's time a step and raised the mean generated e4 ratio
+    # from 0.55 to 0.62 (0.72 with lr_ldm 2e-3); the autoencoder reaches a given PSNR sooner
+    # at batch 4, so the two phases have batches of their own.
     batch_size_ldm: int = 0
     lr_ae: float = 1e-3
     lr_ldm: float = 5e-4
