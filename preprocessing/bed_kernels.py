@@ -148,6 +148,54 @@ def map_ordered(fn: Callable[..., T], blocks: Sequence[tuple[int, int]], threads
             yield pending.popleft().result()
 
 
+class OrderedWriter:
+    """Writes the outputs of numbered blocks one after the other into a file, each from the
+    thread that made it.
+
+    Block k's place is known once blocks 0..k-1 have given their sizes: ``write(k, data)``
+    waits for that, hands the next offset on, then writes with ``os.pwrite`` (no GIL held),
+    beside the other threads' work. Blocks must be started in order (``map_ordered`` submits
+    them so), so the wait cannot deadlock; a failing block calls ``abort(k)`` so that no
+    later one waits forever. The file is created (truncated) with ``header`` at offset 0."""
+
+    def __init__(self, path: str | Path, n_blocks: int, header: bytes = b"") -> None:
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+        self._offsets = [0] * (n_blocks + 1)
+        self._ready = [threading.Event() for _ in range(n_blocks + 1)]
+        self._failed_at: int | None = None
+        self._pwrite(memoryview(header), 0)
+        self._offsets[0] = len(header)
+        self._ready[0].set()
+
+    def write(self, k: int, data: memoryview) -> None:
+        """Block k's bytes (a 1-D byte view) after those of blocks 0..k-1."""
+        self._ready[k].wait()
+        if self._failed_at is not None and k > self._failed_at:
+            raise RuntimeError(f"block {self._failed_at} failed; block {k} was not written")
+        offset = self._offsets[k]
+        self._offsets[k + 1] = offset + data.nbytes
+        self._ready[k + 1].set()
+        self._pwrite(data, offset)
+
+    def _pwrite(self, data: memoryview, offset: int) -> None:
+        done = 0
+        while done < data.nbytes:
+            done += os.pwrite(self._fd, data[done:], offset + done)
+
+    def abort(self, k: int) -> None:
+        """Block k failed: the blocks after it stop waiting (and raise); those before it
+        still write in turn, so the first error in block order is block k's own."""
+        self._failed_at = k if self._failed_at is None else min(self._failed_at, k)
+        for event in self._ready[k + 1 :]:
+            event.set()
+
+    def __enter__(self) -> OrderedWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self._fd)
+
+
 def decode_rows(rows: np.ndarray, n_samples: int) -> np.ndarray:
     """Packed rows (n_rows, ceil(n_samples/4)) uint8 -> 2-bit codes (n_rows, n_samples) uint8."""
     rows = np.asarray(rows, dtype=np.uint8)

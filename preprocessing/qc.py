@@ -29,7 +29,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -38,6 +38,7 @@ import numpy as np
 
 from preprocessing.bed_kernels import (
     BedFile,
+    OrderedWriter,
     count_genotypes,
     extract_rows,
     map_ordered,
@@ -412,48 +413,52 @@ def filter_variants(
 ) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
     """``variant_filters`` over the whole file, block by block (the counts of a block are
     dropped once filtered). With ``output``, the kept rows are written to ``output.path``
-    (a .bed) while the block is in cache. Returns (status, a2_freq, HWE p-value of each SNP
-    --hwe removed)."""
+    (a .bed) while the block is in cache, by the worker that made them (``OrderedWriter``).
+    Returns (status, a2_freq, HWE p-value of each SNP --hwe removed)."""
     counter = GroupCounter(fileset, groups)
     chrom, bed, n = fileset.bim.chrom, fileset.rows, fileset.n_samples
 
+    spans = row_blocks(0, fileset.n_snps, bed.shape[1])
+    start = {a: k for k, (a, _) in enumerate(spans)}
+    bim_path = None if output is None else output.bim_path
+    writers: list[OrderedWriter] = []
+
     def run(a: int, b: int) -> tuple:
-        rows = read_rows(bed, a, b)
-        counts = counter.count(rows, a)
-        status, a2 = variant_filters(counts, chrom[a:b], config, groups.controls_only)
-        gone = np.flatnonzero(status == FAILED_HWE)
-        p = np.zeros(0)
-        if gone.size:
-            h = hwe_counts(counts, chrom[a:b], groups.controls_only, gone)
-            p = hwe_exact_p_array(h[0], h[1], h[2], config.hwe_midp)
-        packed = lines = None
-        if output is not None:
-            kept = np.flatnonzero(status == KEPT)
-            swap = np.zeros(kept.size, bool) if output.keep_allele_order else a2[kept] < 0.5
-            packed = extract_rows(rows, n, kept, swap, output.keep_samples, threads=1)
-            if output.bim_path is not None:
-                lines = bim_block_lines(fileset.bim, kept + a, swap)
-        return a, status, a2, gone + a, p, packed, lines
+        try:
+            rows = read_rows(bed, a, b)
+            counts = counter.count(rows, a)
+            status, a2 = variant_filters(counts, chrom[a:b], config, groups.controls_only)
+            gone = np.flatnonzero(status == FAILED_HWE)
+            p = np.zeros(0)
+            if gone.size:
+                h = hwe_counts(counts, chrom[a:b], groups.controls_only, gone)
+                p = hwe_exact_p_array(h[0], h[1], h[2], config.hwe_midp)
+            if output is not None:
+                kept = np.flatnonzero(status == KEPT)
+                swap = np.zeros(kept.size, bool) if output.keep_allele_order else a2[kept] < 0.5
+                packed = extract_rows(rows, n, kept, swap, output.keep_samples, threads=1)
+                writers[0].write(start[a], memoryview(packed.reshape(-1)))
+                if bim_path is not None:
+                    writers[1].write(
+                        start[a], memoryview(bim_block_lines(fileset.bim, kept + a, swap))
+                    )
+        except BaseException:
+            for w in writers:
+                w.abort(start[a])
+            raise
+        return a, status, a2, gone + a, p
 
     status = np.zeros(fileset.n_snps, dtype=np.int8)
     a2 = np.zeros(fileset.n_snps)
     gone_rows, gone_p = [np.zeros(0, np.int64)], [np.zeros(0)]
-    blocks = map_ordered(run, row_blocks(0, fileset.n_snps, bed.shape[1]))
-    bim_path = None if output is None else output.bim_path
-    with (
-        open(output.path, "wb") if output is not None else nullcontext() as fh,
-        open(bim_path, "wb") if bim_path is not None else nullcontext() as bim_fh,
-    ):
-        if fh is not None:
-            fh.write(BED_MAGIC)
-        for a, st, f, gone, p, packed, lines in blocks:
+    paths = [] if output is None else [output.path, *([bim_path] if bim_path else [])]
+    with ExitStack() as stack:
+        for path, header in zip(paths, (BED_MAGIC, b""), strict=False):
+            writers.append(stack.enter_context(OrderedWriter(path, len(spans), header)))
+        for a, st, f, gone, p in map_ordered(run, spans):
             status[a : a + st.size], a2[a : a + st.size] = st, f
             gone_rows.append(gone)
             gone_p.append(p)
-            if fh is not None and packed.size:
-                fh.write(memoryview(packed).cast("B"))
-            if bim_fh is not None and lines.size:
-                bim_fh.write(memoryview(lines))
     gone, p = np.concatenate(gone_rows), np.concatenate(gone_p)
     hwe_p = dict(zip(fileset.bim.strings(1, gone), p.tolist(), strict=True)) if gone.size else {}
     return status, a2, hwe_p

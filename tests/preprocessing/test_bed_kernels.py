@@ -111,3 +111,45 @@ def test_sample_missing_counts_past_every_counter_width(monkeypatch: pytest.Monk
     assert fast.max() > 255
     no_extension(monkeypatch)
     np.testing.assert_array_equal(sample_missing_counts(bed, 77, mask, 7, 1100), fast)
+
+
+def test_ordered_writer_places_blocks_in_order_whatever_thread_finishes_first(
+    tmp_path: Path,
+) -> None:
+    """Blocks written from threads that finish in reverse order land in block order after
+    the header; a failed block unblocks the later ones, which raise instead of waiting."""
+    import threading
+    import time
+
+    from preprocessing.bed_kernels import OrderedWriter
+
+    parts = [bytes([k]) * (k * 7 + 1) for k in range(6)]
+    path = tmp_path / "out.bin"
+    with OrderedWriter(path, len(parts), b"HDR") as writer:
+
+        def block(k: int) -> None:
+            time.sleep(0.02 * (len(parts) - k))  # later blocks are ready first
+            writer.write(k, memoryview(parts[k]))
+
+        threads = [threading.Thread(target=block, args=(k,)) for k in range(len(parts))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert path.read_bytes() == b"HDR" + b"".join(parts)
+
+    errors = []
+    with OrderedWriter(tmp_path / "failed.bin", 3) as writer:
+
+        def later() -> None:
+            try:
+                writer.write(2, memoryview(b"x"))
+            except RuntimeError as exc:
+                errors.append(exc)
+
+        t = threading.Thread(target=later)
+        t.start()
+        writer.write(0, memoryview(b"a"))
+        writer.abort(1)  # block 1 failed
+        t.join(timeout=5)
+    assert not t.is_alive() and len(errors) == 1

@@ -454,3 +454,29 @@ def test_cli_uses_the_prefetched_mind_counts_without_chry_and_matches_plink(
         assert read_outputs(ours) == read_outputs(ref)
         assert json.loads(Path(f"{ours}.qc.json").read_text())["samples"]["removed_mind"] > 0
     capsys.readouterr()
+
+
+def test_a_block_that_fails_in_the_filtering_pass_ends_the_run_with_its_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The output rows are written by the worker threads in block order; when one block
+    fails, the blocks after it stop waiting for its place in the file, the run raises that
+    block's error and leaves no output behind."""
+    import preprocessing.qc as qc_module
+
+    monkeypatch.setattr(bed_kernels, "_BLOCK_BYTES", 16 * 16)
+    monkeypatch.setenv("G2I_THREADS", "2")
+    bfile = sorted_copy(random_fileset(tmp_path / "in", seed=8), tmp_path)
+    calls = []
+    usual = qc_module.extract_rows
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise OSError("disk full (test)")
+        return usual(*args, **kwargs)
+
+    monkeypatch.setattr(qc_module, "extract_rows", flaky)
+    with pytest.raises(OSError, match="disk full"):
+        run_qc(bfile, qc_config(0.1, 0.05, 0.05, None, ()), tmp_path / "out")
+    assert len(calls) >= 3 and not list(tmp_path.glob("out.*")) and not list(tmp_path.glob(".out*"))
