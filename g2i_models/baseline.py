@@ -33,7 +33,7 @@ from g2i_models.local_training import (
 from g2i_models.panel import dataset_panel
 from g2i_models.pipeline import G2IPipeline, generate, sampler_defaults
 from g2i_models.plots import CLASS_NAMES, save_loss_curves, save_sample_grid
-from g2i_models.privacy import PrivacyLedger, planned_steps
+from g2i_models.privacy import PrivacyLedger, batches_per_epoch, planned_steps
 from g2i_models.snp_encoder import MISSING_GENOTYPE
 from g2i_models.train import condition_use, evaluate_autoencoder, evaluate_ldm
 from g2i_models.unet import build_denoiser
@@ -110,11 +110,10 @@ def train_centralized(
         raise ValueError("privacy.mode=dp_sgd does not support train.adv_weight > 0")
     # One accountant over both phases; target_epsilon is spread over all their steps.
     ledger = PrivacyLedger()
-    n_train = len(train_set)
     expected = privacy.expected_batch_size if dp else 0
 
     def per_epoch(phase: str) -> int:
-        return max(1, n_train // min(expected or train_cfg.batch_for(phase), n_train))
+        return batches_per_epoch(len(train_set), expected or train_cfg.batch_for(phase))
 
     total_steps = planned_steps(
         per_epoch("ae"), train_cfg.ae_epochs, train_cfg.max_steps_ae

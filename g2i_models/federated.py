@@ -10,7 +10,7 @@ import torch
 
 from conf.schema import FederationConfig, PrivacyConfig, TrainConfig
 from g2i_models.pipeline import G2IPipeline, generate
-from g2i_models.privacy import planned_steps
+from g2i_models.privacy import batches_per_epoch, planned_steps
 from g2i_models.synthetic import genotype_frequencies, sample_profiles
 
 
@@ -54,7 +54,7 @@ def planned_dp_steps(
     expected = privacy.expected_batch_size if privacy is not None else 0
 
     def per_epoch(phase: str) -> int:
-        return max(1, n // max(1, min(expected or train.batch_for(phase), n)))
+        return batches_per_epoch(n, expected or train.batch_for(phase))
 
     ae = fed.rounds_ae * planned_steps(per_epoch("ae"), train.ae_epochs, train.max_steps_ae)
     ldm = fed.rounds_ldm * planned_steps(per_epoch("ldm"), train.ldm_epochs, train.max_steps_ldm)

@@ -74,6 +74,12 @@ class PrivacyLedger:
         return int(sum(h[2] for h in self.history))
 
 
+def batches_per_epoch(n_examples: int, batch_size: int) -> int:
+    """Full batches in one pass over ``n_examples`` (at least 1; a batch larger than the data
+    is the data)."""
+    return max(1, n_examples // max(1, min(batch_size, n_examples)))
+
+
 def planned_steps(batches_per_epoch: int, epochs: int, max_steps: int) -> int:
     """Optimiser steps of one local run: ``epochs`` passes, capped by ``max_steps`` when > 0."""
     steps = epochs * batches_per_epoch

@@ -28,7 +28,6 @@ import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -37,7 +36,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from preprocessing.bed_kernels import (
-    BedFile,
     OrderedWriter,
     count_genotypes,
     extract_rows,
@@ -53,7 +51,6 @@ from preprocessing.plink import (
     CHROM_X,
     CHROM_Y,
     Bim,
-    Fam,
     PlinkFileset,
     bim_block_lines,
     bim_lines_native,
@@ -351,45 +348,14 @@ def sample_missing(fileset: PlinkFileset) -> tuple[np.ndarray, int]:
     return total, n_y
 
 
-def _missing_before_bim(prefix: Path, fam: Fam) -> tuple[int, int, np.ndarray]:
-    """(n_samples, n_snps, missing calls per sample over every row), the row count taken from
-    the .bed's size: what ``sample_missing`` gives when there is no chrY, before the .bim is
-    read. Any problem with the .bed is left to ``read_plink`` to report."""
-    nb = (fam.n + 3) // 4
-    path = _with_suffix(prefix, ".bed")
-    n_snps, rest = divmod(path.stat().st_size - len(BED_MAGIC), nb) if nb else (0, 1)
-    if rest or n_snps <= 0:
-        raise ValueError("size left to read_plink to check")
-    bed = BedFile(path, n_snps, nb)
-    try:
-        everyone = np.ones(fam.n, dtype=bool)
-        return fam.n, n_snps, sample_missing_counts(bed, fam.n, everyone, threads=1)
-    finally:
-        bed.close()
-
-
-def _early_missing(job: Future | None, fs: PlinkFileset) -> np.ndarray | None:
-    """The counts of ``_missing_before_bim`` when they are those of ``fs`` (same shape, no
-    chrY row), else None (then ``sample_missing`` counts them)."""
-    if job is None or job.exception() is not None:
-        return None
-    return _missing_of(*job.result(), fs)
-
-
 def _prefetched_missing(counts: MissingCounts | None, fs: PlinkFileset) -> np.ndarray | None:
-    """``qc_prefetch``'s --mind counts as ``_early_missing`` takes them (None: not usable)."""
-    if counts is None:
+    """``qc_prefetch``'s --mind counts when they are those of ``fs`` (same shape, no chrY
+    row), else None (then ``sample_missing`` counts them)."""
+    if counts is None or (counts.n_samples, counts.n_snps) != (fs.n_samples, fs.n_snps):
         return None
-    missing = np.frombuffer(counts.counts, np.uint32)[: counts.n_samples].astype(np.int64)
-    return _missing_of(counts.n_samples, counts.n_snps, missing, fs)
-
-
-def _missing_of(
-    n_samples: int, n_snps: int, missing: np.ndarray, fs: PlinkFileset
-) -> np.ndarray | None:
-    if (n_samples, n_snps) != (fs.n_samples, fs.n_snps) or bool((fs.bim.chrom == CHROM_Y).any()):
+    if bool((fs.bim.chrom == CHROM_Y).any()):
         return None
-    return missing
+    return np.frombuffer(counts.counts, np.uint32)[: counts.n_samples].astype(np.int64)
 
 
 @dataclass
@@ -559,17 +525,13 @@ def run_qc(
         fs, early = bfile, None
     else:
         # --mind's counts over every row start on a thread of their own while the .bim is
-        # parsed (they need the .fam only); kept when the .bim has no chrY (males only there)
+        # parsed (they need the .fam only); kept when the .bim has no chrY (males only there).
+        # Without the CLI's prefetch, the .bim is parsed here, beside them.
         fam = read_fam(_with_suffix(Path(bfile), ".fam"))
-        if prefetch is not None:
-            fs = read_plink(bfile, fam, prefetch.bim())
-            early = _prefetched_missing(prefetch.missing(), fs) if config.mind < 1.0 else None
-        else:
-            with ThreadPoolExecutor(1) as pool:
-                mind = config.mind < 1.0
-                job = pool.submit(_missing_before_bim, Path(bfile), fam) if mind else None
-                fs = read_plink(bfile, fam)
-                early = _early_missing(job, fs)
+        mind = config.mind < 1.0
+        prefetch = prefetch or Prefetch(bfile, mind=mind, bim=False, n_samples=fam.n)
+        fs = read_plink(bfile, fam, prefetch.bim())
+        early = _prefetched_missing(prefetch.missing(), fs) if mind else None
     fam, bim = fs.fam, fs.bim
     chromosome_runs(bim.chrom, fs.prefix)
     if config.mind < 1.0:

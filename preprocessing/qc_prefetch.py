@@ -91,9 +91,14 @@ def missing_counts(bed_path: Path, n_samples: int) -> MissingCounts:
 class Prefetch:
     """The two passes on a thread of its own; ``bim()`` and ``missing()`` wait for it."""
 
-    def __init__(self, prefix: str | Path, mind: bool) -> None:
+    def __init__(
+        self, prefix: str | Path, mind: bool, bim: bool = True, n_samples: int | None = None
+    ) -> None:
+        """``mind``: count --mind's missing calls; ``bim``: tokenise the .bim (False: the
+        caller parses it, beside the counts); ``n_samples``: the .fam's rows, when already
+        read (else counted here)."""
         self.prefix = Path(prefix)
-        self._mind = mind
+        self._mind, self._parse_bim, self._n_samples = mind, bim, n_samples
         self._bim: ParsedBim | None = None
         self._missing: MissingCounts | None = None
         self._thread: threading.Thread | None = None
@@ -108,7 +113,8 @@ class Prefetch:
 
     def _run(self) -> None:
         try:
-            self._read_bim(self.prefix.with_name(self.prefix.name + ".bim"))
+            if self._parse_bim:
+                self._read_bim(self.prefix.with_name(self.prefix.name + ".bim"))
         finally:
             self._bim_done.set()
         if self._mind:
@@ -124,7 +130,9 @@ class Prefetch:
 
     def _count_missing(self, prefix: Path) -> None:
         try:
-            n = fam_rows(prefix.with_name(prefix.name + ".fam"))
+            n = self._n_samples
+            if n is None:
+                n = fam_rows(prefix.with_name(prefix.name + ".fam"))
             self._missing = missing_counts(prefix.with_name(prefix.name + ".bed"), n)
         except (OSError, ValueError):
             self._missing = None

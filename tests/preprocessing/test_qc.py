@@ -364,15 +364,17 @@ def test_rerun_replaces_the_previous_outputs_and_a_failed_one_keeps_them(tmp_pat
 def test_mind_counts_taken_before_the_bim_is_read_equal_the_usual_ones(tmp_path: Path) -> None:
     """Without chrY, --mind's counts start from the .fam and the .bed's size alone (beside the
     .bim's parsing) and equal ``sample_missing``'s; with a chrY row they are not used."""
-    from concurrent.futures import ThreadPoolExecutor
+    from preprocessing.qc import _prefetched_missing, sample_missing
+    from preprocessing.qc_prefetch import Prefetch
 
-    from preprocessing.qc import _early_missing, _missing_before_bim, sample_missing
-
+    if not bed_kernels.HAVE_EXTENSION:
+        pytest.skip("the compiled kernels are not built")
     for chroms, used in ((("1", "2", "X", "22"), True), (("1", "Y"), False)):
         bfile = random_fileset(tmp_path / f"in{len(chroms)}", seed=3, chroms=chroms)
         fs = read_plink(bfile)
-        with ThreadPoolExecutor(1) as pool:
-            early = _early_missing(pool.submit(_missing_before_bim, Path(bfile), fs.fam), fs)
+        prefetch = Prefetch(bfile, mind=True, bim=False, n_samples=fs.n_samples)
+        assert prefetch.bim() is None  # the caller parses the .bim
+        early = _prefetched_missing(prefetch.missing(), fs)
         if used:
             assert early is not None and np.array_equal(early, sample_missing(fs)[0])
         else:
