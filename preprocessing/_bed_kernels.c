@@ -368,22 +368,13 @@ static PyObject *count_byte(PyObject *self, PyObject *args) {
     return PyLong_FromSsize_t(n);
 }
 
-/* 64 bits of a row starting at bit `bit` (little-endian); bits past the row read as 0. */
-static inline uint64_t get_bits64(const uint8_t *row, Py_ssize_t nb, int64_t bit) {
-    Py_ssize_t byte = (Py_ssize_t)(bit >> 3);
-    int sh = (int)(bit & 7);
-    uint64_t lo = load_word(row + byte, nb - byte, 0);
-    if (sh == 0) return lo;
-    uint64_t hi = byte + 8 < nb ? row[byte + 8] : 0;
-    return (lo >> sh) | (hi << (64 - sh));
-}
-
+/* A run of kept samples inside one source word: bits [shift, shift + n_bits) of the word go
+ * to bits [dst, dst + n_bits) of that word's compacted bits. */
 typedef struct {
-    int32_t word;    /* output 64-bit word */
-    int32_t shift;   /* bit offset in it */
-    int64_t src_bit; /* bit offset in the source row */
-    int32_t n_bits;  /* 2 per sample */
-} Segment;
+    uint64_t mask; /* (1 << n_bits) - 1, or all ones for a whole word */
+    int32_t shift;
+    int32_t dst;
+} Piece;
 
 /* Swap hom A1 (00) and hom A2 (11) in each 2-bit field of a byte. */
 static uint8_t reverse_lut[256];
@@ -426,28 +417,43 @@ static PyObject *extract_rows(PyObject *self, PyObject *args) {
     for (Py_ssize_t i = 0; ok && i < n_keep_listed; i++) {
         ok = keep_idx[i] >= 0 && keep_idx[i] < nb * 4 && (i == 0 || keep_idx[i] > keep_idx[i - 1]);
     }
-    /* Kept samples as segments: consecutive source samples landing in one 32-sample output
-     * word, each copied per row as one 64-bit bit field. */
-    Segment *segs = NULL;
-    Py_ssize_t n_segs = 0, n_words_out = (n_keep + 31) / 32;
+    /* Kept samples as pieces of the source words: each row is read word by word, each word's
+     * kept fields compacted (one piece per run of kept samples in it) and appended to a bit
+     * stream; a word whose 32 samples are all kept is appended as it is. */
+    Py_ssize_t n_src_words = (nb + 7) / 8, n_words_out = (n_keep + 31) / 32;
+    Piece *pieces = NULL;
+    int32_t *first_piece = NULL, *word_bits = NULL;
     uint64_t *words = NULL;
     if (ok && !all_samples) {
-        segs = PyMem_RawMalloc(sizeof(Segment) * (size_t)(n_keep + 1));
+        pieces = PyMem_RawMalloc(sizeof(Piece) * (size_t)(n_keep + n_src_words + 1));
+        first_piece = PyMem_RawMalloc(sizeof(int32_t) * (size_t)(n_src_words + 1));
+        word_bits = PyMem_RawMalloc(sizeof(int32_t) * (size_t)(n_src_words + 1));
         words = PyMem_RawMalloc(sizeof(uint64_t) * (size_t)(n_words_out + 1));
-        if (segs == NULL || words == NULL) {
+        if (pieces == NULL || first_piece == NULL || word_bits == NULL || words == NULL) {
             ok = 0;
         }
-        for (Py_ssize_t j = 0; ok && j < n_keep; j++) {
-            if (n_segs && (j & 31) && keep_idx[j] == keep_idx[j - 1] + 1) {
-                segs[n_segs - 1].n_bits += 2;
-            } else {
-                segs[n_segs].word = (int32_t)(j >> 5);
-                segs[n_segs].shift = (int32_t)(2 * (j & 31));
-                segs[n_segs].src_bit = 2 * keep_idx[j];
-                segs[n_segs].n_bits = 2;
-                n_segs++;
+        Py_ssize_t n_pieces = 0, j = 0;
+        for (Py_ssize_t k = 0; ok && k < n_src_words; k++) {
+            first_piece[k] = (int32_t)n_pieces;
+            int32_t bits = 0;
+            int64_t prev = -2;
+            for (; j < n_keep && keep_idx[j] < 32 * (k + 1); j++) {
+                int32_t field = (int32_t)(keep_idx[j] - 32 * k);
+                if (keep_idx[j] == prev + 1 && n_pieces > first_piece[k]) {
+                    Piece *p = pieces + n_pieces - 1;
+                    p->mask = (p->mask << 2) | 3;
+                } else {
+                    pieces[n_pieces].mask = 3;
+                    pieces[n_pieces].shift = 2 * field;
+                    pieces[n_pieces].dst = bits;
+                    n_pieces++;
+                }
+                bits += 2;
+                prev = keep_idx[j];
             }
+            word_bits[k] = bits;
         }
+        if (ok) first_piece[n_src_words] = (int32_t)n_pieces;
     }
     if (ok) {
         const uint8_t *base = (const uint8_t *)bed.buf;
@@ -461,13 +467,31 @@ static PyObject *extract_rows(PyObject *self, PyObject *args) {
             if (all_samples) {
                 memcpy(o, src, (size_t)nb);
             } else {
-                memset(words, 0, sizeof(uint64_t) * (size_t)n_words_out);
-                for (Py_ssize_t k = 0; k < n_segs; k++) {
-                    const Segment *g = segs + k;
-                    uint64_t bits = get_bits64(src, nb, g->src_bit);
-                    if (g->n_bits < 64) bits &= (1ULL << g->n_bits) - 1;
-                    words[g->word] |= bits << g->shift;
+                uint64_t acc = 0;
+                int fill = 0;
+                Py_ssize_t nw = 0;
+                for (Py_ssize_t k = 0; k < n_src_words; k++) {
+                    int nbits = word_bits[k];
+                    if (nbits == 0) continue;
+                    uint64_t w = load_word(src, nb, k), c;
+                    if (nbits == 64) {
+                        c = w;
+                    } else {
+                        c = 0;
+                        for (int32_t q = first_piece[k]; q < first_piece[k + 1]; q++) {
+                            c |= ((w >> pieces[q].shift) & pieces[q].mask) << pieces[q].dst;
+                        }
+                    }
+                    acc |= c << fill;
+                    if (fill + nbits >= 64) {
+                        words[nw++] = acc;
+                        acc = fill ? c >> (64 - fill) : 0;
+                        fill += nbits - 64;
+                    } else {
+                        fill += nbits;
+                    }
                 }
+                if (fill) words[nw++] = acc;
                 memcpy(o, words, (size_t)nb_out);
             }
             if (flip[i]) {
@@ -488,7 +512,9 @@ static PyObject *extract_rows(PyObject *self, PyObject *args) {
         }
         Py_END_ALLOW_THREADS
     }
-    PyMem_RawFree(segs);
+    PyMem_RawFree(pieces);
+    PyMem_RawFree(first_piece);
+    PyMem_RawFree(word_bits);
     PyMem_RawFree(words);
     PyBuffer_Release(&bed);
     PyBuffer_Release(&rows);
@@ -750,6 +776,143 @@ static PyObject *hwe_fail_mask(PyObject *self, PyObject *args) {
         return NULL;
     }
     Py_RETURN_NONE;
+}
+
+/* ---- Variant filters of one block (preprocessing/qc.py::variant_filters, the reference) ----
+ * counts: int32 (6 groups, 4 genotypes, n) GroupCounts [ALL, FOUNDERS, FOUNDER_CONTROLS,
+ * MALES, MALE_FOUNDERS, MALE_FOUNDER_CONTROLS] x [hom A1, het, hom A2, missing]; chrom: int16
+ * PLINK codes (n,).  flags: bit 0 --geno, bit 1 --hwe, bit 2 --maf, bit 3 mid-p, bit 4 HWE on
+ * founder controls.  Thresholds are PLINK's, already scaled by (1 -+ 2^-44) by the caller.
+ * Writes status (int8: 0 kept, 1 geno, 2 hwe, 3 maf, the first filter failed) and a2 (float64,
+ * founder A2 frequency).  The floating-point steps are numpy's, in its order, so the results
+ * are the reference's bit for bit. */
+#define CH_X 23
+#define CH_Y 24
+#define CH_MT 26
+
+static PyObject *variant_filters(PyObject *self, PyObject *args) {
+    Py_buffer counts, chrom, status, a2;
+    int flags;
+    double geno_min, hwe_thresh, maf_min;
+    if (!PyArg_ParseTuple(args, "y*y*idddw*w*", &counts, &chrom, &flags, &geno_min, &hwe_thresh,
+                          &maf_min, &status, &a2)) {
+        return NULL;
+    }
+    Py_ssize_t n = chrom.len / 2;
+    int ok = counts.len == (Py_ssize_t)(24 * 4) * n && status.len == n && a2.len == 8 * n;
+    if (ok) {
+        const int32_t *c = counts.buf;
+        const int16_t *ch = chrom.buf;
+        int8_t *st = status.buf;
+        double *f = a2.buf;
+        int geno = flags & 1, hwe = flags & 2, maf = flags & 4, midp = (flags >> 3) & 1;
+        int g = (flags & 16) ? 2 : 1, gm = (flags & 16) ? 5 : 4;
+#define CNT(grp, k, i) c[((grp) * 4 + (k)) * n + (i)]
+        Py_BEGIN_ALLOW_THREADS
+        for (Py_ssize_t i = 0; i < n; i++) {
+            int code = ch[i];
+            int8_t s = 0;
+            if (geno) {
+                int grp = code == CH_Y ? 3 : 0;
+                double called = (double)(CNT(grp, 0, i) + CNT(grp, 1, i) + CNT(grp, 2, i));
+                double size = called + (double)CNT(grp, 3, i);
+                double rate = size > 0 ? called * (1.0 / size) : 0.0;
+                if (rate < geno_min) s = 1;
+            }
+            if (hwe && s == 0 && code != CH_Y && code != CH_MT) {
+                int64_t het = CNT(g, 1, i), hom1 = CNT(g, 0, i), hom2 = CNT(g, 2, i);
+                if (code == CH_X) {
+                    het -= CNT(gm, 1, i);
+                    hom1 -= CNT(gm, 0, i);
+                    hom2 -= CNT(gm, 2, i);
+                }
+                if (hwe_fails(het, hom1, hom2, hwe_thresh, midp)) s = 2;
+            }
+            double d0 = CNT(1, 0, i), d1 = CNT(1, 1, i), d2 = CNT(1, 2, i), h0 = 0.0, h1 = 0.0;
+            if (code == CH_X || code == CH_Y) {
+                double m0 = CNT(4, 0, i), m1 = CNT(4, 1, i), m2 = CNT(4, 2, i);
+                if (code == CH_Y) {
+                    d0 = d1 = d2 = 0.0;
+                } else {
+                    d0 -= m0;
+                    d1 -= m1;
+                    d2 -= m2;
+                }
+                h0 = m0;
+                h1 = m2;
+            }
+            double den = 2.0 * (d0 + d1 + d2) + h0 + h1;
+            double num = 2.0 * d2 + d1 + h1;
+            double freq = den > 0 ? num / den : 0.5;
+            f[i] = freq;
+            if (maf && s == 0 && (freq < 1.0 - freq ? freq : 1.0 - freq) < maf_min) s = 3;
+            st[i] = s;
+        }
+        Py_END_ALLOW_THREADS
+#undef CNT
+    }
+    PyBuffer_Release(&counts);
+    PyBuffer_Release(&chrom);
+    PyBuffer_Release(&status);
+    PyBuffer_Release(&a2);
+    if (!ok) {
+        PyErr_SetString(PyExc_ValueError, "variant_filters: array sizes do not match");
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+/* json_strings(src, starts, ends, out): writes the JSON array items "a", "b", ... (json.dumps'
+ * separators, no brackets) of the tokens src[starts[i]:ends[i]] (int64) to out, which holds at
+ * least sum(length + 4) bytes.  Returns the bytes written, or -1 when a token has a byte that
+ * JSON would escape (a quote, a backslash, a control or non-ASCII byte): the caller then
+ * encodes those tokens itself. */
+static PyObject *json_strings(PyObject *self, PyObject *args) {
+    Py_buffer src, starts, ends, out;
+    if (!PyArg_ParseTuple(args, "y*y*y*w*", &src, &starts, &ends, &out)) {
+        return NULL;
+    }
+    Py_ssize_t n = starts.len / 8;
+    const int64_t *a = starts.buf, *b = ends.buf;
+    int ok = ends.len == starts.len;
+    Py_ssize_t need = 0;
+    for (Py_ssize_t i = 0; ok && i < n; i++) {
+        ok = a[i] >= 0 && b[i] >= a[i] && b[i] <= src.len;
+        need += b[i] - a[i] + 4;
+    }
+    ok = ok && need <= out.len + 2;
+    Py_ssize_t written = 0;
+    if (ok) {
+        const uint8_t *s = src.buf;
+        uint8_t *o = out.buf;
+        Py_BEGIN_ALLOW_THREADS
+        for (Py_ssize_t i = 0; i < n && written >= 0; i++) {
+            if (i) {
+                o[written++] = ',';
+                o[written++] = ' ';
+            }
+            o[written++] = '"';
+            for (int64_t k = a[i]; k < b[i]; k++) {
+                uint8_t ch = s[k];
+                if (ch < 0x20 || ch >= 0x7f || ch == '"' || ch == '\\') {
+                    written = -1;
+                    break;
+                }
+                o[written++] = ch;
+            }
+            if (written >= 0) o[written++] = '"';
+        }
+        Py_END_ALLOW_THREADS
+    }
+    PyBuffer_Release(&src);
+    PyBuffer_Release(&starts);
+    PyBuffer_Release(&ends);
+    PyBuffer_Release(&out);
+    if (!ok) {
+        PyErr_SetString(PyExc_ValueError, "json_strings: tokens out of range or output too small");
+        return NULL;
+    }
+    return PyLong_FromSsize_t(written);
 }
 
 /* gather_pieces(src, starts, lengths, out): out = concatenation of
@@ -1021,6 +1184,8 @@ static PyMethodDef methods[] = {
     {"extract_rows", extract_rows, METH_VARARGS, "Subset, reverse and repack .bed rows."},
     {"hwe_pvalues", hwe_pvalues, METH_VARARGS, "Exact HWE p-values."},
     {"hwe_fail_mask", hwe_fail_mask, METH_VARARGS, "Exact HWE threshold test."},
+    {"variant_filters", variant_filters, METH_VARARGS, "--geno, --hwe and --maf of a block."},
+    {"json_strings", json_strings, METH_VARARGS, "Tokens as JSON array items."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -37,6 +37,7 @@ import numpy as np
 
 from preprocessing.bed_kernels import (
     OrderedWriter,
+    _ext,
     count_genotypes,
     extract_rows,
     map_ordered,
@@ -131,9 +132,8 @@ def call_rate(counts: np.ndarray, chrom: np.ndarray) -> np.ndarray:
     called = (group[HOM_A1] + group[HET] + group[HOM_A2]).astype(np.float64)
     size = called + group[MISSING]
     # PLINK multiplies by the reciprocal of the sample count; keep its rounding.
-    with np.errstate(divide="ignore"):
-        recip = 1.0 / size
-    return np.where(size > 0, called * recip, 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(size > 0, called * (1.0 / size), 0.0)
 
 
 def a2_frequency(counts: np.ndarray, chrom: np.ndarray) -> np.ndarray:
@@ -194,7 +194,40 @@ def variant_filters(
     counts: (6, 4, n_snps) over the samples left after ``--mind``. Returns (status, a2_freq):
     status (n_snps,) int8 with KEPT / FAILED_GENO / FAILED_HWE / FAILED_MAF (first filter
     failed), a2_freq (n_snps,) founder A2 frequency.
+
+    One pass of the compiled kernel (``_bed_kernels.variant_filters``, without the GIL, so the
+    blocks of ``filter_variants`` overlap); ``variant_filters_numpy`` without the extension.
+    Both give the same arrays bit for bit (tests/preprocessing/test_qc.py).
     """
+    if _ext is None or counts.shape[0] != N_GROUPS or (counts.size and counts.max() >= 2**31):
+        return variant_filters_numpy(counts, chrom, config, controls_only)
+    n = chrom.size
+    status, a2 = np.empty(n, dtype=np.int8), np.empty(n, dtype=np.float64)
+    flags = (
+        (config.geno < 1.0)
+        | (config.hwe > 0.0) << 1
+        | (config.maf > 0.0) << 2
+        | bool(config.hwe_midp) << 3
+        | bool(controls_only) << 4
+    )
+    _ext.variant_filters(
+        np.ascontiguousarray(counts, dtype=np.int32),
+        np.ascontiguousarray(chrom, dtype=np.int16),
+        int(flags),
+        (1.0 - config.geno) * (1 - EPS),
+        float(config.hwe) * (1 - EPS),
+        config.maf * (1 - EPS),
+        status,
+        a2,
+    )
+    return status, a2
+
+
+def variant_filters_numpy(
+    counts: np.ndarray, chrom: np.ndarray, config: QCConfig | QCThresholds, controls_only: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """``variant_filters`` in numpy: the rules as array expressions (the reference the kernel
+    is tested against, and the path without the compiled extension)."""
     status = np.zeros(len(chrom), dtype=np.int8)
     if config.geno < 1.0:
         status[call_rate(counts, chrom) < (1.0 - config.geno) * (1 - EPS)] = FAILED_GENO
@@ -471,9 +504,13 @@ class QCResult:
             "kept_variants": int((self.variant_status == KEPT).sum()),
         }
 
-    def report(self) -> dict:
-        """Machine-readable QC report (JSON-serialisable)."""
-        removed = {name: self.removed_snps(code) for code, name in FILTER_NAMES.items()}
+    def report(self, variant_ids: bool = True) -> dict:
+        """Machine-readable QC report (JSON-serialisable). ``variant_ids`` False: each list
+        of removed variant IDs is left empty (``report_json`` writes them itself)."""
+        removed = {
+            name: self.removed_snps(code) if variant_ids else []
+            for code, name in FILTER_NAMES.items()
+        }
         return {
             "input": self.prefix,
             "options": {**self.config, "keep_allele_order": self.keep_allele_order},
@@ -490,7 +527,10 @@ class QCResult:
             },
             "variants": {
                 "input": int(self.variant_status.size),
-                "removed": {name: len(ids) for name, ids in removed.items()},
+                "removed": {
+                    name: int(np.count_nonzero(self.variant_status == code))
+                    for code, name in FILTER_NAMES.items()
+                },
                 "kept": int((self.variant_status == KEPT).sum()),
                 "removed_ids": removed,
                 "allele_order_swapped": int(self.reverse[self.output_order].sum()),
@@ -501,6 +541,36 @@ class QCResult:
             },
             "seconds": round(self.seconds, 4),
         }
+
+    def report_json(self) -> str:
+        """``json.dumps(self.report())``, the removed variant IDs written by the compiled
+        kernel straight from the .bim's bytes (no str object per ID) when none needs
+        escaping; otherwise, and without the extension, by ``json.dumps`` itself."""
+        if _ext is None or self.bim is None:
+            return json.dumps(self.report())
+        rep = self.report(variant_ids=False)
+        marks = {name: f"\x00g2i-removed-ids:{name}" for name in FILTER_NAMES.values()}
+        rep["variants"]["removed_ids"] = dict(marks)
+        text = json.dumps(rep)
+        for code, name in FILTER_NAMES.items():
+            mark = json.dumps(marks[name])
+            if text.count(mark) != 1:
+                return json.dumps(self.report())
+            rows = np.flatnonzero(self.variant_status == code)
+            text = text.replace(mark, "[" + self._json_ids(rows, code) + "]")
+        return text
+
+    def _json_ids(self, rows: np.ndarray, code: int) -> str:
+        """The IDs of ``rows`` as JSON array items (``json.dumps``'s text without brackets)."""
+        bim = self.bim
+        assert bim is not None
+        starts = bim.tok_start[rows, 1].astype(np.int64)
+        ends = bim.tok_end[rows, 1].astype(np.int64)
+        out = np.empty(int((ends - starts).sum()) + 4 * rows.size, dtype=np.uint8)
+        n = _ext.json_strings(bim.raw, starts, ends, out)
+        if n < 0:  # an ID JSON escapes: json.dumps writes these
+            return json.dumps(self.removed_snps(code))[1:-1]
+        return out[:n].tobytes().decode("ascii")
 
 
 def run_qc(
@@ -733,8 +803,9 @@ def _with_suffix(prefix: Path, suffix: str) -> Path:
 
 def _write_report(result: QCResult, out: str | Path) -> None:
     out = Path(out)
-    rep = result.report()
-    _write_text(_with_suffix(out, ".qc.json"), json.dumps(rep) + "\n")
+    text = result.report_json()
+    _write_text(_with_suffix(out, ".qc.json"), text + "\n")
+    rep = result.report(variant_ids=False)
     _write_text(_with_suffix(out, ".log"), format_log(rep, out))
 
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from preprocessing import bed_kernels, hwe, plink
+from preprocessing import bed_kernels, hwe, plink, qc
 from preprocessing.bed_kernels import (
     A1_COUNT_OF_CODE,
     count_genotypes,
@@ -17,14 +18,14 @@ from preprocessing.bed_kernels import (
     sample_missing_counts,
 )
 from preprocessing.plink_io import pack_bed_rows
-from preprocessing.qc import qc_config, run_qc
+from preprocessing.qc import QCThresholds, qc_config, run_qc, variant_filters, variant_filters_numpy
 from tests.preprocessing.plink_cases import random_fileset, read_outputs
 
 pytestmark = pytest.mark.skipif(not bed_kernels.HAVE_EXTENSION, reason="extension not built")
 
 
 def no_extension(monkeypatch: pytest.MonkeyPatch) -> None:
-    for mod in (bed_kernels, hwe, plink):
+    for mod in (bed_kernels, hwe, plink, qc):
         monkeypatch.setattr(mod, "_ext", None)
 
 
@@ -153,3 +154,73 @@ def test_ordered_writer_places_blocks_in_order_whatever_thread_finishes_first(
         writer.abort(1)  # block 1 failed
         t.join(timeout=5)
     assert not t.is_alive() and len(errors) == 1
+
+
+def group_counts_of(codes: np.ndarray, groups: list[np.ndarray]) -> np.ndarray:
+    """GroupCounts (6, 4, n_snps) int32 of a (n_snps, n_samples) matrix of genotype indices
+    (0 hom A1, 1 het, 2 hom A2, 3 missing) under 6 sample masks, by plain counting."""
+    out = np.zeros((6, 4, codes.shape[0]), dtype=np.int32)
+    for g, mask in enumerate(groups):
+        for k in range(4):
+            out[g, k] = (codes[:, mask] == k).sum(axis=1)
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_compiled_variant_filters_equal_the_numpy_rules_bit_for_bit(seed: int) -> None:
+    """The kernel behind ``variant_filters`` gives the numpy reference's status and A2
+    frequencies exactly, for every filter combination, on autosomes, chrX, chrY, chrXY and
+    chrMT, with monomorphic, all-missing and HWE-violating SNPs and groups left empty."""
+    rng = np.random.default_rng(seed)
+    n_samples, n_snps = 150, 3000
+    chrom = rng.choice(np.array([1, 7, 23, 24, 25, 26], dtype=np.int16), n_snps)
+    freq = np.where(
+        rng.random(n_snps) < 0.2, rng.uniform(0, 0.02, n_snps), rng.uniform(0, 1, n_snps)
+    )
+    codes = rng.binomial(2, freq[:, None], (n_snps, n_samples))
+    codes[rng.random(n_snps) < 0.02] = 0  # monomorphic
+    codes[rng.random(n_snps) < 0.03] = rng.choice([0, 2], n_samples)  # no heterozygotes
+    missing = rng.random((n_snps, n_samples)) < rng.choice([0.0, 0.02, 0.2], n_snps)[:, None]
+    codes[missing] = 3
+    codes[rng.random(n_snps) < 0.01] = 3  # no calls at all
+    founder, control = rng.random(n_samples) < 0.8, rng.random(n_samples) < 0.5
+    for males in (rng.random(n_samples) < 0.5, np.zeros(n_samples, bool)):
+        fc = founder & control
+        groups = [np.ones(n_samples, bool), founder, fc, males, males & founder, males & fc]
+        counts = group_counts_of(codes, groups)
+        for geno, hwe_p, maf, midp, controls in [
+            (0.05, 1e-3, 0.01, False, True),
+            (0.1, 0.05, 0.2, True, False),
+            (1.0, 1e-4, 0.0, False, False),
+            (0.02, 0.0, 0.05, False, True),
+            (1.0, 0.0, 0.0, True, True),
+        ]:
+            config = QCThresholds(geno=geno, hwe=hwe_p, maf=maf, hwe_midp=midp)
+            fast = variant_filters(counts, chrom, config, controls)
+            ref = variant_filters_numpy(counts, chrom, config, controls)
+            np.testing.assert_array_equal(fast[0], ref[0])
+            assert fast[1].tobytes() == ref[1].tobytes()
+            if geno < 1.0 and hwe_p > 0.0 and maf > 0.0:
+                assert set(np.unique(fast[0]).tolist()) == {0, 1, 2, 3}  # every filter fired
+
+
+@pytest.mark.parametrize("suffix", ["", '"q', "\\b", "é", "\x7f"])
+def test_report_json_equals_json_dumps_of_the_report(suffix: str, tmp_path: Path) -> None:
+    """The .qc.json text built with the kernel's ID lists is ``json.dumps(report())``, for
+    plain IDs and for IDs that JSON escapes (then json.dumps writes those lists)."""
+    prefix = random_fileset(tmp_path / "in", n_samples=80, snps_per_chrom=60)
+    bim = prefix.with_suffix(".bim")
+    lines = bim.read_text(encoding="utf-8").splitlines()
+    fields_ = [line.split("\t") for line in lines]
+    for j, f in enumerate(fields_):
+        if j % 3 == 0:
+            f[1] = f[1] + suffix
+    bim.write_text("".join("\t".join(f) + "\n" for f in fields_), encoding="utf-8")
+    config = qc_config(mind=0.1, geno=0.05, hwe=1e-3, maf=0.05)
+    result = run_qc(prefix, config, tmp_path / "out")
+    text = result.report_json()
+    assert text == json.dumps(result.report())
+    assert (tmp_path / "out.qc.json").read_text() == text + "\n"
+    removed = json.loads(text)["variants"]["removed_ids"]
+    assert all(removed[k] for k in ("geno", "hwe", "maf"))
+    assert any(i.endswith(suffix) for ids in removed.values() for i in ids)
