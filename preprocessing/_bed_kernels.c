@@ -141,6 +141,26 @@ static PyObject *have_avx512(PyObject *self, PyObject *unused) {
 #endif
 }
 
+/* The counting loop for this CPU: AVX-512, hardware popcount, or portable. */
+static void count_rows_best(const uint8_t *base, Py_ssize_t nb, Py_ssize_t row_start,
+                            Py_ssize_t n_rows, const uint64_t *mk, Py_ssize_t n_masks,
+                            uint32_t *res, Py_ssize_t res_stride) {
+#if HAVE_AVX512_VARIANT
+    if (use_cpu_extensions && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vpopcntdq")) {
+        count_rows_avx512(base, nb, row_start, n_rows, mk, n_masks, res, res_stride);
+        return;
+    }
+#endif
+#if HAVE_POPCNT_VARIANT
+    if (__builtin_cpu_supports("popcnt")) {
+        count_rows_popcnt(base, nb, row_start, n_rows, mk, n_masks, res, res_stride);
+        return;
+    }
+#endif
+    count_rows_generic(base, nb, row_start, n_rows, mk, n_masks, res, res_stride);
+}
+
 /* count_masks(bed, nb, row_start, row_stop, masks, n_masks, out, out_stride)
  * bed: the genotype bytes (row r at r * nb); masks: n_masks x W uint64 words with bit 2s
  * set for sample s in the subset; out: uint32 (n_masks x 3) x out_stride, row r of the call
@@ -163,21 +183,7 @@ static PyObject *count_masks(PyObject *self, PyObject *args) {
         const uint64_t *mk = (const uint64_t *)masks.buf;
         uint32_t *res = (uint32_t *)out.buf;
         Py_BEGIN_ALLOW_THREADS
-#if HAVE_AVX512_VARIANT
-        if (use_cpu_extensions && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-            __builtin_cpu_supports("avx512vpopcntdq")) {
-            count_rows_avx512(base, nb, row_start, n_rows, mk, n_masks, res, res_stride);
-        } else
-#endif
-#if HAVE_POPCNT_VARIANT
-        if (__builtin_cpu_supports("popcnt")) {
-            count_rows_popcnt(base, nb, row_start, n_rows, mk, n_masks, res, res_stride);
-        } else {
-            count_rows_generic(base, nb, row_start, n_rows, mk, n_masks, res, res_stride);
-        }
-#else
-        count_rows_generic(base, nb, row_start, n_rows, mk, n_masks, res, res_stride);
-#endif
+        count_rows_best(base, nb, row_start, n_rows, mk, n_masks, res, res_stride);
         Py_END_ALLOW_THREADS
     }
     PyBuffer_Release(&bed);
@@ -185,6 +191,67 @@ static PyObject *count_masks(PyObject *self, PyObject *args) {
     PyBuffer_Release(&out);
     if (!ok) {
         PyErr_SetString(PyExc_ValueError, "count_masks: buffer sizes do not match");
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+/* group_counts(bed, nb, row_start, row_stop, masks, n_masks, sizes, slots, out, col, n_out)
+ * GroupCounts of rows row_start:row_stop written straight into out: int32 (n_slots, 4, n_out)
+ * [hom A1, het, hom A2, missing], columns col.. of it.  Slot g counts the samples of mask
+ * slots[g] (int32; -1: the slot stays zero); sizes[m] is mask m's sample count. */
+static PyObject *group_counts(PyObject *self, PyObject *args) {
+    Py_buffer bed, masks, sizes, slots, out;
+    Py_ssize_t nb, row_start, row_stop, n_masks, col, n_out;
+    if (!PyArg_ParseTuple(args, "y*nnny*ny*y*w*nn", &bed, &nb, &row_start, &row_stop, &masks,
+                          &n_masks, &sizes, &slots, &out, &col, &n_out)) {
+        return NULL;
+    }
+    Py_ssize_t n_words = (nb + 7) / 8, n_rows = row_stop - row_start, n_slots = slots.len / 4;
+    const int32_t *slot = slots.buf;
+    int ok = row_start >= 0 && row_stop >= row_start && row_stop * nb <= bed.len &&
+             masks.len >= (Py_ssize_t)(n_masks * n_words * 8) && n_masks <= 16 &&
+             sizes.len >= n_masks * 4 && col >= 0 && col + n_rows <= n_out &&
+             out.len >= (Py_ssize_t)(n_slots * 4 * n_out * 4);
+    for (Py_ssize_t g = 0; ok && g < n_slots; g++) ok = slot[g] >= -1 && slot[g] < n_masks;
+    uint32_t *raw = NULL;
+    if (ok && n_rows) {
+        raw = PyMem_RawMalloc(sizeof(uint32_t) * (size_t)(n_masks * 3 * n_rows + 1));
+        ok = raw != NULL;
+    }
+    if (ok && n_rows) {
+        const int32_t *size = sizes.buf;
+        int32_t *o = out.buf;
+        Py_BEGIN_ALLOW_THREADS
+        count_rows_best((const uint8_t *)bed.buf, nb, row_start, n_rows,
+                        (const uint64_t *)masks.buf, n_masks, raw, n_rows);
+        for (Py_ssize_t g = 0; g < n_slots; g++) {
+            int32_t *dst = o + g * 4 * n_out + col;
+            if (slot[g] < 0) {
+                for (Py_ssize_t k = 0; k < 4; k++) memset(dst + k * n_out, 0, 4 * (size_t)n_rows);
+                continue;
+            }
+            const uint32_t *lo = raw + (3 * slot[g]) * n_rows, *hi = lo + n_rows,
+                           *both = hi + n_rows;
+            int32_t n = size[slot[g]];
+            for (Py_ssize_t r = 0; r < n_rows; r++) {
+                int32_t l = (int32_t)lo[r], h = (int32_t)hi[r], b = (int32_t)both[r];
+                dst[r] = n - l - h + b;
+                dst[n_out + r] = h - b;
+                dst[2 * n_out + r] = b;
+                dst[3 * n_out + r] = l - b;
+            }
+        }
+        Py_END_ALLOW_THREADS
+    }
+    PyMem_RawFree(raw);
+    PyBuffer_Release(&bed);
+    PyBuffer_Release(&masks);
+    PyBuffer_Release(&sizes);
+    PyBuffer_Release(&slots);
+    PyBuffer_Release(&out);
+    if (!ok) {
+        PyErr_SetString(PyExc_ValueError, "group_counts: buffer sizes do not match");
         return NULL;
     }
     Py_RETURN_NONE;
@@ -1041,6 +1108,17 @@ static PyObject *parse_bim(PyObject *self, PyObject *args) {
     return PyLong_FromSsize_t(n);
 }
 
+/* Copy a token of len bytes: two 8-byte moves when it is at most 16 bytes and both buffers
+ * have 16 bytes from the copy's start (the bytes past the token are rewritten after). */
+static inline void copy_token(uint8_t *dst, const uint8_t *src, Py_ssize_t len, int room) {
+    if (len <= 16 && room) {
+        memcpy(dst, src, 8);
+        memcpy(dst + 8, src + 8, 8);
+    } else {
+        memcpy(dst, src, (size_t)len);
+    }
+}
+
 /* bim_lines(raw, tok_start, tok_end, rows, swap, chrom, out): PLINK's .bim lines for `rows`
  * (int64), copying the ID and position tokens, writing the numeric chromosome code, cM "0",
  * and the alleles in swapped order where swap[i].  Returns the bytes written. */
@@ -1070,22 +1148,25 @@ static PyObject *bim_lines(PyObject *self, PyObject *args) {
                 ok = 0;
                 break;
             }
+            /* 16 bytes past each copy's start, in the input and the output */
+            int room = s[a] + 16 <= raw.len && s[c] + 16 <= raw.len && s[1] + 16 <= raw.len &&
+                       s[3] + 16 <= raw.len && w + need + 16 <= cap;
             int code = ch[r[i]];
             if (code >= 10) o[w++] = (uint8_t)('0' + code / 10);
             o[w++] = (uint8_t)('0' + code % 10);
             o[w++] = '\t';
-            memcpy(o + w, b + s[1], (size_t)(e[1] - s[1]));
+            copy_token(o + w, b + s[1], e[1] - s[1], room);
             w += e[1] - s[1];
             o[w++] = '\t';
             o[w++] = '0';
             o[w++] = '\t';
-            memcpy(o + w, b + s[3], (size_t)(e[3] - s[3]));
+            copy_token(o + w, b + s[3], e[3] - s[3], room);
             w += e[3] - s[3];
             o[w++] = '\t';
-            memcpy(o + w, b + s[a], (size_t)(e[a] - s[a]));
+            copy_token(o + w, b + s[a], e[a] - s[a], room);
             w += e[a] - s[a];
             o[w++] = '\t';
-            memcpy(o + w, b + s[c], (size_t)(e[c] - s[c]));
+            copy_token(o + w, b + s[c], e[c] - s[c], room);
             w += e[c] - s[c];
             o[w++] = '\n';
         }
@@ -1174,6 +1255,7 @@ static PyMethodDef methods[] = {
     {"any_equal", any_equal, METH_VARARGS, "Whether two uint64 values are equal."},
     {"gather_pieces", gather_pieces, METH_VARARGS, "Concatenate byte ranges."},
     {"count_masks", count_masks, METH_VARARGS, "Masked popcounts of .bed rows."},
+    {"group_counts", group_counts, METH_VARARGS, "GroupCounts of .bed rows."},
     {"set_cpu_extensions", set_cpu_extensions, METH_O,
      "Allow the AVX-512 path; returns the old value."},
     {"have_avx512", have_avx512, METH_NOARGS, "Whether the AVX-512 counting path runs here."},

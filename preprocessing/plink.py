@@ -467,8 +467,12 @@ def bim_block_lines(bim: Bim, rows: np.ndarray, swap_alleles: np.ndarray) -> np.
     rows = np.ascontiguousarray(rows, dtype=np.int64)
     if not rows.size:
         return np.zeros(0, dtype=np.uint8)
-    spans = bim.tok_end[rows] - bim.tok_start[rows]
-    out = np.empty(int(spans[:, 1:].sum()) + 12 * rows.size + 16, dtype=np.uint8)
+    # An output line is at most 2 bytes longer than its input line (a 2-digit chromosome code
+    # for a 1-byte token; every other field is copied or shorter), and the rows' input lines
+    # lie within the bytes from the first one's start to the last one's end.
+    lo, hi = int(rows.min()), int(rows.max())
+    span = int(bim.tok_end[hi, 5]) - int(bim.tok_start[lo, 0])
+    out = np.empty(span + 2 * rows.size + 16, dtype=np.uint8)
     swap = np.asarray(swap_alleles, dtype=np.uint8)
     n = _ext.bim_lines(bim.raw, bim.tok_start, bim.tok_end, rows, swap, bim.chrom, out)
     return out[:n]

@@ -43,6 +43,7 @@ from preprocessing.bed_kernels import (
     map_ordered,
     read_rows,
     row_blocks,
+    sample_mask_words,
     sample_missing_counts,
 )
 from preprocessing.errors import G2IError, GenotypeFormatError
@@ -335,14 +336,32 @@ class GroupCounter:
                     same = len(distinct) - 1
                 slots.append((g, same))
             self.plans[kind] = ([masks[d] for d in distinct], slots)
+        # For the compiled kernel: per kind the mask words, the sample counts and the mask
+        # of each of the 6 groups (-1: not counted, zero).
+        self.kernel_plans: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        for kind, (kind_masks, slots) in self.plans.items():
+            slot_of = np.full(N_GROUPS, -1, dtype=np.int32)
+            for g, i in slots:
+                slot_of[g] = i
+            words = np.ascontiguousarray(np.stack([sample_mask_words(m) for m in kind_masks]))
+            sizes = np.array([np.count_nonzero(m) for m in kind_masks], dtype=np.int32)
+            self.kernel_plans[kind] = (words, sizes, slot_of)
 
     def count(self, rows: np.ndarray, start: int) -> np.ndarray:
         """GroupCounts (6, 4, n_rows) int32 of ``rows``, the file rows from ``start`` on."""
-        stop = start + rows.shape[0]
-        out = np.zeros((N_GROUPS, 4, rows.shape[0]), dtype=np.int32)
+        n = rows.shape[0]
+        stop = start + n
+        fast = _ext is not None and rows.flags.c_contiguous
+        out = (np.empty if fast else np.zeros)((N_GROUPS, 4, n), dtype=np.int32)
         for kind, a, b in self.segments:
             a, b = max(a, start), min(b, stop)
             if a >= b:
+                continue
+            if fast:
+                words, sizes, slot_of = self.kernel_plans[kind]
+                nb = rows.shape[1]
+                args = (words, len(sizes), sizes, slot_of, out, a - start, n)
+                _ext.group_counts(rows, nb, a - start, b - start, *args)
                 continue
             masks, slots = self.plans[kind]
             c = count_genotypes(rows, self.n_samples, masks, a - start, b - start, threads=1)
