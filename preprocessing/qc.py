@@ -79,6 +79,7 @@ HOM_A1, HET, HOM_A2, MISSING = range(4)
 
 KEPT, FAILED_GENO, FAILED_HWE, FAILED_MAF = 0, 1, 2, 3
 FILTER_NAMES = {FAILED_GENO: "geno", FAILED_HWE: "hwe", FAILED_MAF: "maf"}
+FILTERS = tuple(FILTER_NAMES)
 
 
 class QCError(G2IError):
@@ -432,7 +433,9 @@ def filter_variants(
     """``variant_filters`` over the whole file, block by block (the counts of a block are
     dropped once filtered). With ``output``, the kept rows are written to ``output.path``
     (a .bed) while the block is in cache, by the worker that made them (``OrderedWriter``).
-    Returns (status, a2_freq, HWE p-value of each SNP --hwe removed)."""
+    Returns (status, a2_freq, HWE p-value of each SNP --hwe removed, the removed IDs of each
+    filter as JSON array items or None, see ``json_id_items``): the items are written per
+    block by the worker, while the block's .bim lines are in cache."""
     counter = GroupCounter(fileset, groups)
     chrom, bed, n = fileset.bim.chrom, fileset.rows, fileset.n_samples
 
@@ -460,26 +463,49 @@ def filter_variants(
                     writers[1].write(
                         start[a], memoryview(bim_block_lines(fileset.bim, kept + a, swap))
                     )
+            items = [json_id_items(fileset.bim, np.flatnonzero(status == c) + a) for c in FILTERS]
         except BaseException:
             for w in writers:
                 w.abort(start[a])
             raise
-        return a, status, a2, gone + a, p
+        return a, status, a2, gone + a, p, items
 
     status = np.zeros(fileset.n_snps, dtype=np.int8)
     a2 = np.zeros(fileset.n_snps)
     gone_rows, gone_p = [np.zeros(0, np.int64)], [np.zeros(0)]
+    items: list[list[str | None]] = [[] for _ in FILTERS]
     paths = [] if output is None else [output.path, *([bim_path] if bim_path else [])]
     with ExitStack() as stack:
         for path, header in zip(paths, (BED_MAGIC, b""), strict=False):
             writers.append(stack.enter_context(OrderedWriter(path, len(spans), header)))
-        for a, st, f, gone, p in map_ordered(run, spans):
+        for a, st, f, gone, p, block_items in map_ordered(run, spans):
             status[a : a + st.size], a2[a : a + st.size] = st, f
             gone_rows.append(gone)
             gone_p.append(p)
+            for k, text in enumerate(block_items):
+                items[k].append(text)
     gone, p = np.concatenate(gone_rows), np.concatenate(gone_p)
     hwe_p = dict(zip(fileset.bim.strings(1, gone), p.tolist(), strict=True)) if gone.size else {}
-    return status, a2, hwe_p
+    removed_json = {
+        FILTER_NAMES[c]: None if None in parts else ", ".join(t for t in parts if t)
+        for c, parts in zip(FILTERS, items, strict=True)
+    }
+    return status, a2, hwe_p, removed_json
+
+
+def json_id_items(bim: Bim, rows: np.ndarray) -> str | None:
+    """The IDs of ``rows`` as JSON array items, ``json.dumps(ids)`` without its brackets, by
+    the compiled kernel from the .bim's bytes; None when an ID has a byte JSON escapes (or
+    without the extension): then ``json.dumps`` writes the list."""
+    if not rows.size:
+        return ""
+    if _ext is None:
+        return None
+    starts = bim.tok_start[rows, 1].astype(np.int64)
+    ends = bim.tok_end[rows, 1].astype(np.int64)
+    out = np.empty(int((ends - starts).sum()) + 4 * rows.size, dtype=np.uint8)
+    n = _ext.json_strings(bim.raw, starts, ends, out)
+    return None if n < 0 else out[:n].tobytes().decode("ascii")
 
 
 # ----------------------------------------------------------------------------- pipeline
@@ -502,6 +528,9 @@ class QCResult:
     sample_ids: list[tuple[str, str]] = field(repr=False, default_factory=list)
     bim: Bim | None = field(repr=False, default=None)
     hwe_p_removed: dict[str, float] = field(default_factory=dict)
+    # per filter name, its removed IDs as JSON array items (``json_id_items``); None or absent:
+    # ``report_json`` encodes them
+    removed_ids_json: dict[str, str | None] = field(repr=False, default_factory=dict)
     seconds: float = 0.0
     renamed_inputs: list[tuple[str, str]] = field(default_factory=list)  # (old, new) paths
 
@@ -562,10 +591,10 @@ class QCResult:
         }
 
     def report_json(self) -> str:
-        """``json.dumps(self.report())``, the removed variant IDs written by the compiled
-        kernel straight from the .bim's bytes (no str object per ID) when none needs
-        escaping; otherwise, and without the extension, by ``json.dumps`` itself."""
-        if _ext is None or self.bim is None:
+        """``json.dumps(self.report())``, each list of removed variant IDs taken from
+        ``removed_ids_json`` (or made by ``json_id_items`` from the .bim's bytes) without a str
+        object per ID; ``json.dumps`` writes the lists those cannot."""
+        if self.bim is None:
             return json.dumps(self.report())
         rep = self.report(variant_ids=False)
         marks = {name: f"\x00g2i-removed-ids:{name}" for name in FILTER_NAMES.values()}
@@ -575,21 +604,13 @@ class QCResult:
             mark = json.dumps(marks[name])
             if text.count(mark) != 1:
                 return json.dumps(self.report())
-            rows = np.flatnonzero(self.variant_status == code)
-            text = text.replace(mark, "[" + self._json_ids(rows, code) + "]")
+            items = self.removed_ids_json.get(name)
+            if items is None:
+                items = json_id_items(self.bim, np.flatnonzero(self.variant_status == code))
+            if items is None:
+                items = json.dumps(self.removed_snps(code))[1:-1]
+            text = text.replace(mark, "[" + items + "]")
         return text
-
-    def _json_ids(self, rows: np.ndarray, code: int) -> str:
-        """The IDs of ``rows`` as JSON array items (``json.dumps``'s text without brackets)."""
-        bim = self.bim
-        assert bim is not None
-        starts = bim.tok_start[rows, 1].astype(np.int64)
-        ends = bim.tok_end[rows, 1].astype(np.int64)
-        out = np.empty(int((ends - starts).sum()) + 4 * rows.size, dtype=np.uint8)
-        n = _ext.json_strings(bim.raw, starts, ends, out)
-        if n < 0:  # an ID JSON escapes: json.dumps writes these
-            return json.dumps(self.removed_snps(code))[1:-1]
-        return out[:n].tobytes().decode("ascii")
 
 
 def run_qc(
@@ -640,7 +661,7 @@ def run_qc(
         output = OutputRows(_tmp_path(Path(out), ".bed"), keep_samples, keep_allele_order, bim_tmp)
         Path(out).parent.mkdir(parents=True, exist_ok=True)
     try:
-        status, a2, hwe_p = filter_variants(fs, groups, config, output)
+        status, a2, hwe_p, removed_json = filter_variants(fs, groups, config, output)
         if fs.n_snps and not (status == KEPT).any():
             last = FILTER_NAMES[int(status.max())]
             raise QCError(f"{fs.prefix}: all variants removed; the last ones by --{last}")
@@ -667,6 +688,7 @@ def run_qc(
         sample_ids=list(zip(fam.fid, fam.iid, strict=True)),
         bim=bim,
         hwe_p_removed=hwe_p,
+        removed_ids_json=removed_json,
     )
     if out is not None:
         write_qc_outputs(
