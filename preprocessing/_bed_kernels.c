@@ -435,13 +435,25 @@ static PyObject *count_byte(PyObject *self, PyObject *args) {
     return PyLong_FromSsize_t(n);
 }
 
-/* A run of kept samples inside one source word: bits [shift, shift + n_bits) of the word go
- * to bits [dst, dst + n_bits) of that word's compacted bits. */
+/* A piece of an output word: the n_bits bits of the source row from src_bit on (mask: n_bits
+ * ones) go to bits [dst, dst + n_bits) of the output word.  Most output words are one piece
+ * (64 bits from a run of kept samples). */
 typedef struct {
-    uint64_t mask; /* (1 << n_bits) - 1, or all ones for a whole word */
-    int32_t shift;
+    int64_t src_bit;
+    uint64_t mask;
     int32_t dst;
 } Piece;
+
+/* 64 bits of a row of words from bit `bit` on; words[bit / 64 + 1] must be readable. */
+static inline uint64_t bits_at(const uint64_t *words, int64_t bit) {
+    int64_t k = bit >> 6;
+    int sh = (int)(bit & 63);
+#ifdef __SIZEOF_INT128__
+    return (uint64_t)((((unsigned __int128)words[k + 1] << 64) | words[k]) >> sh);
+#else
+    return sh ? (words[k] >> sh) | (words[k + 1] << (64 - sh)) : words[k];
+#endif
+}
 
 /* Swap hom A1 (00) and hom A2 (11) in each 2-bit field of a byte. */
 static uint8_t reverse_lut[256];
@@ -484,43 +496,35 @@ static PyObject *extract_rows(PyObject *self, PyObject *args) {
     for (Py_ssize_t i = 0; ok && i < n_keep_listed; i++) {
         ok = keep_idx[i] >= 0 && keep_idx[i] < nb * 4 && (i == 0 || keep_idx[i] > keep_idx[i - 1]);
     }
-    /* Kept samples as pieces of the source words: each row is read word by word, each word's
-     * kept fields compacted (one piece per run of kept samples in it) and appended to a bit
-     * stream; a word whose 32 samples are all kept is appended as it is. */
+    /* Kept samples as pieces of the output words: a piece is a run of kept samples that are
+     * consecutive in the source and land in one output word.  Each row is copied into a
+     * zero-padded word buffer, then each output word is the OR of its pieces. */
     Py_ssize_t n_src_words = (nb + 7) / 8, n_words_out = (n_keep + 31) / 32;
     Piece *pieces = NULL;
-    int32_t *first_piece = NULL, *word_bits = NULL;
-    uint64_t *words = NULL;
+    int32_t *first_piece = NULL;
+    uint64_t *words = NULL, *row_words = NULL;
     if (ok && !all_samples) {
-        pieces = PyMem_RawMalloc(sizeof(Piece) * (size_t)(n_keep + n_src_words + 1));
-        first_piece = PyMem_RawMalloc(sizeof(int32_t) * (size_t)(n_src_words + 1));
-        word_bits = PyMem_RawMalloc(sizeof(int32_t) * (size_t)(n_src_words + 1));
+        pieces = PyMem_RawMalloc(sizeof(Piece) * (size_t)(n_keep + 1));
+        first_piece = PyMem_RawMalloc(sizeof(int32_t) * (size_t)(n_words_out + 1));
         words = PyMem_RawMalloc(sizeof(uint64_t) * (size_t)(n_words_out + 1));
-        if (pieces == NULL || first_piece == NULL || word_bits == NULL || words == NULL) {
+        row_words = PyMem_RawCalloc((size_t)(n_src_words + 2), sizeof(uint64_t));
+        if (pieces == NULL || first_piece == NULL || words == NULL || row_words == NULL) {
             ok = 0;
         }
-        Py_ssize_t n_pieces = 0, j = 0;
-        for (Py_ssize_t k = 0; ok && k < n_src_words; k++) {
-            first_piece[k] = (int32_t)n_pieces;
-            int32_t bits = 0;
-            int64_t prev = -2;
-            for (; j < n_keep && keep_idx[j] < 32 * (k + 1); j++) {
-                int32_t field = (int32_t)(keep_idx[j] - 32 * k);
-                if (keep_idx[j] == prev + 1 && n_pieces > first_piece[k]) {
-                    Piece *p = pieces + n_pieces - 1;
-                    p->mask = (p->mask << 2) | 3;
-                } else {
-                    pieces[n_pieces].mask = 3;
-                    pieces[n_pieces].shift = 2 * field;
-                    pieces[n_pieces].dst = bits;
-                    n_pieces++;
-                }
-                bits += 2;
-                prev = keep_idx[j];
+        Py_ssize_t n_pieces = 0;
+        for (Py_ssize_t j = 0; ok && j < n_keep; j++) {
+            if ((j & 31) == 0) first_piece[j >> 5] = (int32_t)n_pieces;
+            if ((j & 31) && keep_idx[j] == keep_idx[j - 1] + 1) {
+                Piece *p = pieces + n_pieces - 1;
+                p->mask = (p->mask << 2) | 3;
+            } else {
+                pieces[n_pieces].src_bit = 2 * keep_idx[j];
+                pieces[n_pieces].mask = 3;
+                pieces[n_pieces].dst = (int32_t)(2 * (j & 31));
+                n_pieces++;
             }
-            word_bits[k] = bits;
         }
-        if (ok) first_piece[n_src_words] = (int32_t)n_pieces;
+        if (ok) first_piece[n_words_out] = (int32_t)n_pieces;
     }
     if (ok) {
         const uint8_t *base = (const uint8_t *)bed.buf;
@@ -534,34 +538,21 @@ static PyObject *extract_rows(PyObject *self, PyObject *args) {
             if (all_samples) {
                 memcpy(o, src, (size_t)nb);
             } else {
-                uint64_t acc = 0;
-                int fill = 0;
-                Py_ssize_t nw = 0;
-                for (Py_ssize_t k = 0; k < n_src_words; k++) {
-                    int nbits = word_bits[k];
-                    if (nbits == 0) continue;
-                    uint64_t w = load_word(src, nb, k), c;
-                    if (nbits == 64) {
-                        c = w;
-                    } else {
-                        c = 0;
-                        for (int32_t q = first_piece[k]; q < first_piece[k + 1]; q++) {
-                            c |= ((w >> pieces[q].shift) & pieces[q].mask) << pieces[q].dst;
-                        }
+                memcpy(row_words, src, (size_t)nb); /* the padding words stay zero */
+                for (Py_ssize_t j = 0; j < n_words_out; j++) {
+                    uint64_t w = 0;
+                    for (int32_t q = first_piece[j]; q < first_piece[j + 1]; q++) {
+                        w |= (bits_at(row_words, pieces[q].src_bit) & pieces[q].mask) << pieces[q].dst;
                     }
-                    acc |= c << fill;
-                    if (fill + nbits >= 64) {
-                        words[nw++] = acc;
-                        acc = fill ? c >> (64 - fill) : 0;
-                        fill += nbits - 64;
-                    } else {
-                        fill += nbits;
+                    if (flip[i]) {
+                        uint64_t eq = ~(w ^ (w >> 1)) & M5; /* as below */
+                        w ^= eq | (eq << 1);
                     }
+                    words[j] = w;
                 }
-                if (fill) words[nw++] = acc;
                 memcpy(o, words, (size_t)nb_out);
             }
-            if (flip[i]) {
+            if (flip[i] && all_samples) {
                 Py_ssize_t j = 0;
                 for (; j + 8 <= nb_out; j += 8) {
                     uint64_t w;
@@ -581,8 +572,8 @@ static PyObject *extract_rows(PyObject *self, PyObject *args) {
     }
     PyMem_RawFree(pieces);
     PyMem_RawFree(first_piece);
-    PyMem_RawFree(word_bits);
     PyMem_RawFree(words);
+    PyMem_RawFree(row_words);
     PyBuffer_Release(&bed);
     PyBuffer_Release(&rows);
     PyBuffer_Release(&rev);
