@@ -13,6 +13,11 @@ of the real training images (``classifier_val_fraction``, never synthetic, never
 split) after ``classifier_patience`` epochs without a lower validation loss; the best epoch's
 weights are kept. The gain is the paired difference augmented - real per seed (same seed,
 same initialisation, same validation images), reported with a 95% t interval over the seeds.
+
+A third arm trains on the synthetic images alone ("synthetic": train on synthetic, test on
+real). It is not an augmentation but a reading of why one does or does not help: a synthetic
+set whose classifier scores near the real-only one carries the diagnosis as the real images
+do; one that scores near chance adds images whose labels a classifier cannot use.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ from g2i_models.device import get_device
 
 CLASS_NAMES = ("CN", "MCI", "AD")
 METRICS = ("accuracy", "macro_precision", "macro_recall", "macro_f1")
-ARMS = ("real", "augmented")
+ARMS = ("real", "augmented", "synthetic")
 
 
 class PaperCNN(nn.Module):
@@ -289,12 +294,13 @@ def downstream_comparison(
     device: str = "auto",
     progress: bool = False,
 ) -> dict[str, Any]:
-    """Train on real images only ("real") and on real + synthetic topped up to
-    ``cfg.classifier_per_class`` per class ("augmented"), once per seed in
-    ``cfg.classifier_seeds``, and score both on the same real test images.
+    """Train on real images only ("real"), on real + synthetic topped up to
+    ``cfg.classifier_per_class`` per class ("augmented") and on the synthetic images alone
+    ("synthetic"), once per seed in ``cfg.classifier_seeds``, and score each on the same real
+    test images. Every arm stops early on the same held-out real training images.
 
     Returns:
-        ``{"real": {metric: {"mean", "sd", "values"}}, "augmented": {...},
+        ``{"real": {metric: {"mean", "sd", "values"}}, "augmented": {...}, "synthetic": {...},
         "gain": {metric: augmented mean - real mean}, "gain_paired": {metric: paired per-seed
         difference with its 95% CI}, "counts": top-up counts per class,
         "seeds", "n_train", "n_test", "per_class"}``; SD over seeds with ddof = 1.
@@ -306,7 +312,7 @@ def downstream_comparison(
     scores: dict[str, dict[str, list[float]]] = {a: {m: [] for m in METRICS} for a in ARMS}
     counts: dict[str, dict[str, int]] = {}
     for seed in cfg.classifier_seeds:
-        # The validation images are real training images, held out of both arms alike.
+        # The validation images are real training images, held out of every arm alike.
         keep, held = stratified_holdout(train_labels, cfg.classifier_val_fraction, seed)
         fit_x, fit_y = train_images[keep], train_labels[keep]
         aug_x, aug_y, counts = top_up(
@@ -318,12 +324,20 @@ def downstream_comparison(
             seed,
         )
         val = {"val_images": train_images[held], "val_labels": train_labels[held]}
-        for arm, (x, y) in zip(ARMS, ((fit_x, fit_y), (aug_x, aug_y)), strict=True):
+        arms = ((fit_x, fit_y), (aug_x, aug_y), (synth_images, synth_labels))
+        for arm, (x, y) in zip(ARMS, arms, strict=True):
+            if len(y) == 0:
+                continue
             model = train_classifier(x, y, cfg, seed, device, progress, **val)
             m = classification_metrics(test_labels, predict(model, test_images, device=device))
             for k, v in m.items():
                 scores[arm][k].append(v)
-    out: dict[str, Any] = {arm: {k: _mean_sd(v) for k, v in scores[arm].items()} for arm in ARMS}
+    # An empty synthetic set trains no synthetic-only arm (the augmented arm is then real-only).
+    out: dict[str, Any] = {
+        arm: {k: _mean_sd(v) for k, v in scores[arm].items()}
+        for arm in ARMS
+        if scores[arm]["accuracy"]
+    }
     out["gain"] = {m: out["augmented"][m]["mean"] - out["real"][m]["mean"] for m in METRICS}
     out["gain_paired"] = {
         m: paired_gain(scores["real"][m], scores["augmented"][m]) for m in METRICS
@@ -345,6 +359,7 @@ def pool_sites(results: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     pooled: dict[str, Any] = {
         arm: {m: _mean_sd([results[s][arm][m]["mean"] for s in sites]) for m in METRICS}
         for arm in ARMS
+        if all(arm in results[s] for s in sites)
     }
     pooled["gain"] = {m: _mean_sd([results[s]["gain"][m] for s in sites]) for m in METRICS}
     pooled["sites"] = sites

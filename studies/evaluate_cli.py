@@ -21,6 +21,7 @@ from typing import Any
 
 from conf.loader import load_config, to_object
 from conf.schema import DataConfig, EvaluationConfig
+from g2i_eval.classifier import ARMS
 from g2i_eval.evaluation import evaluate_model
 from g2i_eval.features import FeatureExtractor, FeatureExtractorError
 from g2i_models.cli import setup_logging
@@ -102,7 +103,7 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
             f"[{eff['ratio_ci_low']:.2f}, {eff['ratio_ci_high']:.2f}]"
         )
     down = result.get("downstream", {})
-    for arm in ("real", "augmented"):
+    for arm in ARMS:
         if arm in down:
             acc = down[arm]["accuracy"]
             lines.append(f"classifier ({arm}): accuracy {acc['mean']:.3f} +- {acc['sd']:.3f}")

@@ -309,6 +309,7 @@ def cell_summary(entry: dict[str, Any]) -> dict[str, Any]:
         "dx_area_mm2_real": ev.get("dx_area_mm2", {}).get("real"),
         "accuracy_real": down.get("real", {}).get("accuracy", {}).get("mean"),
         "accuracy_augmented": down.get("augmented", {}).get("accuracy", {}).get("mean"),
+        "accuracy_synthetic_only": down.get("synthetic", {}).get("accuracy", {}).get("mean"),
         "macro_f1_real": down.get("real", {}).get("macro_f1", {}).get("mean"),
         "gain_ci": gain.get("ci"),
         "memorised": ev.get("memorisation", {}).get("pixel", {}).get("fraction_flagged"),

@@ -184,7 +184,7 @@ def test_downstream_comparison_reports_both_arms_over_seeds() -> None:
         "with_replacement": 0,
         "shortfall": 0,
     }
-    for arm in ("real", "augmented"):
+    for arm in ("real", "augmented", "synthetic"):
         for m in METRICS:
             s = r[arm][m]
             assert len(s["values"]) == 2 and 0.0 <= s["mean"] <= 1.0
@@ -203,3 +203,34 @@ def test_downstream_comparison_reports_both_arms_over_seeds() -> None:
     assert pooled["sites"] == ["a", "b"]
     assert pooled["real"]["macro_f1"]["mean"] == pytest.approx(r["real"]["macro_f1"]["mean"])
     assert pooled["real"]["macro_f1"]["sd"] == pytest.approx(0.0)
+    synthetic_only = r["synthetic"]["accuracy"]["mean"]
+    assert pooled["synthetic"]["accuracy"]["mean"] == pytest.approx(synthetic_only)
+
+
+def test_synthetic_only_arm_reads_whether_the_synthetic_labels_carry_the_diagnosis() -> None:
+    """The synthetic-only arm is the classifier trained on the synthetic set alone, stopped on
+    the same held-out real images: with synthetic images that show their class it scores on
+    real test images as the real-only arm does; with the same images under shuffled labels
+    it falls towards chance. An empty synthetic set trains no such arm."""
+    cfg = replace(
+        EvaluationConfig(),
+        classifier_epochs=8,
+        classifier_batch_size=16,
+        classifier_per_class=20,
+        classifier_seeds=[0, 1],
+    )
+    x, y = separable(10, 16, seed=0)
+    xs, ys = separable(20, 16, seed=2)
+    xt, yt = separable(20, 16, seed=1)
+    faithful = downstream_comparison(x, y, xt, yt, xs, ys, cfg, device="cpu")
+    shuffled_labels = ys[torch.randperm(len(ys), generator=torch.Generator().manual_seed(3))]
+    shuffled = downstream_comparison(x, y, xt, yt, xs, shuffled_labels, cfg, device="cpu")
+    assert faithful["synthetic"]["accuracy"]["mean"] >= 0.9
+    assert shuffled["synthetic"]["accuracy"]["mean"] <= 0.6
+    # The same classifier as one trained on the synthetic images directly (seed 0).
+    keep, held = stratified_holdout(y, cfg.classifier_val_fraction, 0)
+    direct = train_classifier(xs, ys, cfg, 0, "cpu", val_images=x[held], val_labels=y[held])
+    accuracy = classification_metrics(yt, predict(direct, xt, device="cpu"))["accuracy"]
+    assert faithful["synthetic"]["accuracy"]["values"][0] == pytest.approx(accuracy)
+    empty = downstream_comparison(x, y, xt, yt, xs[:0], ys[:0], cfg, device="cpu")
+    assert "synthetic" not in empty and "synthetic" not in pool_sites({"a": empty, "b": faithful})

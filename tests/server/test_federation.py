@@ -84,7 +84,7 @@ def test_sites_score_the_synthetic_set(federation: dict[str, Path]) -> None:
             c = d["counts"][cls]
             # 2 synthetic images per class: topped up to 12, reusing them when short.
             assert c["real"] + c["synthetic"] == max(12, c["real"])
-        for arm in ("real", "augmented"):
+        for arm in ("real", "augmented", "synthetic"):
             assert 0.0 <= d[arm]["accuracy"]["mean"] <= 1.0
             assert len(d[arm]["macro_f1"]["values"]) == len(seeds)
         audit = mem["sites"][site]

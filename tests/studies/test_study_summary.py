@@ -36,6 +36,7 @@ def _entry(variant: str, mode: str) -> dict:
             "downstream": {
                 "real": {"accuracy": {"mean": 0.5}, "macro_f1": {"mean": 0.45}},
                 "augmented": {"accuracy": {"mean": 0.57}},
+                "synthetic": {"accuracy": {"mean": 0.41}},
                 "gain_paired": {"accuracy": {"ci": [0.02, 0.12]}},
             },
             "memorisation": {"pixel": {"fraction_flagged": 0.03}},
@@ -55,6 +56,7 @@ def test_summary_keys_and_values_come_from_the_cells() -> None:
     assert s["e4_ratio"] == 0.8 and s["e4_ci"] == [0.6, 1.0]
     assert s["fid"] == 42.5 and s["dx_area_mm2"]["AD"] == 1600.0
     assert s["accuracy_real"] == 0.5 and s["accuracy_augmented"] == 0.57
+    assert s["accuracy_synthetic_only"] == 0.41
     assert s["gain_ci"] == [0.02, 0.12] and s["memorised"] == 0.03
     assert s["e4_real_slope"] == 120.0 and s["e4_real_ci"] == [40.0, 200.0]
     assert s["e4_real_within_dx_slope"] == 100.0 and s["e4_real_within_dx_ci"] == [30.0, 170.0]
@@ -64,4 +66,4 @@ def test_summary_keys_and_values_come_from_the_cells() -> None:
     table = summary_markdown(summary)
     row = "| g2i_plus/federated/none | 0.80 [0.60, 1.00] | 1.60 | 1.00 | 150 / 170 | 42.5 |"
     assert row in table
-    assert "50.0 -> 57.0 | [2.0, 12.0] | 0.030 |" in table
+    assert "50.0 -> 57.0 | [2.0, 12.0] | 41.0 | 0.030 |" in table
