@@ -303,7 +303,7 @@ def cell_summary(entry: dict[str, Any]) -> dict[str, Any]:
         if "real" in effect
         else None,
         **_within_dx(paired, effect.get("real", {}).get("within_diagnosis")),
-        **_attainable(paired, (effect.get("truth") or {}).get("attainable")),
+        **_attainable(paired, effect.get("truth") or {}),
         "fid": fid,
         "dx_area_mm2": ev.get("dx_area_mm2", {}).get("generated"),
         "dx_area_mm2_real": ev.get("dx_area_mm2", {}).get("real"),
@@ -318,13 +318,25 @@ def cell_summary(entry: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _attainable(paired: dict[str, Any], attainable: dict[str, Any] | None) -> dict[str, Any]:
+def _attainable(paired: dict[str, Any], truth: dict[str, Any]) -> dict[str, Any]:
     """The e4 ratio a perfect generator would reach on this cohort (at a fixed diagnosis,
-    ``simulations.truth_effects.attainable_e4_effect``) and the cell's ratio over it."""
+    ``simulations.truth_effects.attainable_e4_effect``) and the cell's ratio over it; and the
+    same as the morphometry reads it: a perfect generator's images are measured by
+    ``ventricle_area``, which sees ``calibration.ratio`` (0.86 on the template) of a true area
+    change, while the true slope is the template's exact area change, so through the
+    measurement a perfect generator shows the product of the two."""
+    attainable, calibration = truth.get("attainable"), truth.get("calibration") or {}
     if not attainable or not paired or paired.get("ratio") is None:
         return {"e4_ratio_attainable": None, "e4_ratio_vs_attainable": None}
     ideal = attainable["ratio_at_fixed_dx"]
-    return {"e4_ratio_attainable": ideal, "e4_ratio_vs_attainable": paired["ratio"] / ideal}
+    out = {"e4_ratio_attainable": ideal, "e4_ratio_vs_attainable": paired["ratio"] / ideal}
+    if calibration.get("ratio"):
+        read = ideal * float(calibration["ratio"])
+        out.update(
+            e4_ratio_attainable_measured=read,
+            e4_ratio_vs_attainable_measured=paired["ratio"] / read,
+        )
+    return out
 
 
 def _within_dx(paired: dict[str, Any], within: dict[str, Any] | None) -> dict[str, Any]:

@@ -20,7 +20,10 @@ def _entry(variant: str, mode: str) -> dict:
                 },
                 "steps": {"0->1": 150.0, "1->2": 170.0},
                 "true_slope": 200.0,
-                "truth": {"attainable": {"ratio_at_fixed_dx": 0.8}},
+                "truth": {
+                    "attainable": {"ratio_at_fixed_dx": 0.8},
+                    "calibration": {"ratio": 0.85},
+                },
                 "real": {
                     "slope": 120.0,
                     "ci_low": 40.0,
@@ -62,8 +65,11 @@ def test_summary_keys_and_values_come_from_the_cells() -> None:
     assert s["e4_real_within_dx_slope"] == 100.0 and s["e4_real_within_dx_ci"] == [30.0, 170.0]
     assert s["e4_ratio_real_within_dx"] == pytest.approx(1.6)
     assert s["e4_ratio_attainable"] == 0.8 and s["e4_ratio_vs_attainable"] == pytest.approx(1.0)
+    # What a perfect generator shows through a measurement that reads 0.85 of an area change.
+    assert s["e4_ratio_attainable_measured"] == pytest.approx(0.68)
+    assert s["e4_ratio_vs_attainable_measured"] == pytest.approx(0.8 / 0.68)
     assert cell_summary(results["broken"])["e4_ratio"] is None
     table = summary_markdown(summary)
-    row = "| g2i_plus/federated/none | 0.80 [0.60, 1.00] | 1.60 | 1.00 | 150 / 170 | 42.5 |"
+    row = "| g2i_plus/federated/none | 0.80 [0.60, 1.00] | 1.60 | 1.00 | 1.18 | 150 / 170 | 42.5 |"
     assert row in table
     assert "50.0 -> 57.0 | [2.0, 12.0] | 41.0 | 0.030 |" in table
