@@ -150,6 +150,20 @@ def class_weights(labels: torch.Tensor, num_classes: int = 3) -> torch.Tensor:
     return w
 
 
+def held_out_count(n: int, fraction: float) -> int:
+    """How many of a class's ``n`` training images ``stratified_holdout`` holds out."""
+    return max(int(round(fraction * n)), 1) if n >= 2 else 0
+
+
+def synthetic_needed(labels: torch.Tensor, cfg: EvaluationConfig, num_classes: int = 3) -> int:
+    """Synthetic images per class that top every class of the classifier's fit set (the real
+    training images less the validation hold-out) up to ``cfg.classifier_per_class`` without
+    drawing any image twice."""
+    counts = torch.bincount(labels.long(), minlength=num_classes).tolist()
+    kept = [n - held_out_count(n, cfg.classifier_val_fraction) for n in counts]
+    return max(0, cfg.classifier_per_class - min(kept))
+
+
 def stratified_holdout(
     labels: torch.Tensor, fraction: float, seed: int, num_classes: int = 3
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -163,8 +177,7 @@ def stratified_holdout(
     y = labels.long().numpy()
     for c in range(num_classes):
         idx = rng.permutation(np.flatnonzero(y == c))
-        n_held = int(round(fraction * len(idx))) if len(idx) >= 2 else 0
-        n_held = max(n_held, 1) if len(idx) >= 2 else 0
+        n_held = held_out_count(len(idx), fraction)
         held.append(idx[:n_held])
         keep.append(idx[n_held:])
     return torch.from_numpy(np.sort(np.concatenate(keep))), torch.from_numpy(

@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import Dataset
 
 from conf.schema import EvaluationConfig
-from g2i_eval.classifier import downstream_comparison
+from g2i_eval.classifier import downstream_comparison, synthetic_needed
 from g2i_eval.effects import (
     EffectRecoveryError,
     apoe_columns,
@@ -107,10 +107,8 @@ def evaluate_model(
     uses_genotypes = pipeline.snp_encoder is not None
 
     # One generated set serves the metrics and the augmentation: enough per class to top the
-    # smallest real class up to cfg.classifier_per_class.
-    real_counts = torch.bincount(train["labels"], minlength=num_classes)
-    needed = int(max(0, cfg.classifier_per_class - int(real_counts.min())))
-    per_class = max(cfg.samples_per_class, needed)
+    # smallest real class of the classifier's fit set up to cfg.classifier_per_class.
+    per_class = max(cfg.samples_per_class, synthetic_needed(train["labels"], cfg, num_classes))
     genotypes, labels = conditions_from(test, per_class, num_classes)
     log.info("generating %d images (%d per class)", len(labels), per_class)
     generated = generate(

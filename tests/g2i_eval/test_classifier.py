@@ -17,6 +17,7 @@ from g2i_eval.classifier import (
     pool_sites,
     predict,
     stratified_holdout,
+    synthetic_needed,
     top_up,
     train_classifier,
 )
@@ -234,3 +235,21 @@ def test_synthetic_only_arm_reads_whether_the_synthetic_labels_carry_the_diagnos
     assert faithful["synthetic"]["accuracy"]["values"][0] == pytest.approx(accuracy)
     empty = downstream_comparison(x, y, xt, yt, xs[:0], ys[:0], cfg, device="cpu")
     assert "synthetic" not in empty and "synthetic" not in pool_sites({"a": empty, "b": faithful})
+
+
+@pytest.mark.parametrize("counts", [(165, 239, 96), (3, 40, 2), (10, 10, 10), (1, 30, 7)])
+def test_synthetic_needed_tops_up_the_fit_set_without_reuse(counts: tuple[int, ...]) -> None:
+    """Generating ``synthetic_needed`` images per class is exactly enough for the top-up of
+    the fit set (the training images less the validation hold-out) to draw none twice, for
+    every classifier seed; one fewer makes the smallest fit class reuse one."""
+    cfg = replace(EvaluationConfig(), classifier_per_class=250, classifier_val_fraction=0.2)
+    y = torch.cat([torch.full((n,), c) for c, n in enumerate(counts)])
+    x = torch.zeros(len(y), 1, 2, 2)
+    need = synthetic_needed(y, cfg)
+    for seed in (0, 1, 2):
+        keep, _ = stratified_holdout(y, cfg.classifier_val_fraction, seed)
+        for per_class, reused in ((need, False), (need - 1, True)):
+            sy = torch.arange(3).repeat_interleave(per_class)
+            _, _, c = top_up(x[keep], y[keep], torch.zeros(len(sy), 1, 2, 2), sy, 250, seed)
+            assert any(v["with_replacement"] for v in c.values()) is reused
+            assert all(v["real"] + v["synthetic"] == 250 for v in c.values())
