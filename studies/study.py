@@ -326,10 +326,18 @@ def _attainable(paired: dict[str, Any], truth: dict[str, Any]) -> dict[str, Any]
     change, while the true slope is the template's exact area change, so through the
     measurement a perfect generator shows the product of the two."""
     attainable, calibration = truth.get("attainable"), truth.get("calibration") or {}
+    out: dict[str, Any] = dict.fromkeys(
+        (
+            "e4_ratio_attainable",
+            "e4_ratio_vs_attainable",
+            "e4_ratio_attainable_measured",
+            "e4_ratio_vs_attainable_measured",
+        )
+    )
     if not attainable or not paired or paired.get("ratio") is None:
-        return {"e4_ratio_attainable": None, "e4_ratio_vs_attainable": None}
+        return out
     ideal = attainable["ratio_at_fixed_dx"]
-    out = {"e4_ratio_attainable": ideal, "e4_ratio_vs_attainable": paired["ratio"] / ideal}
+    out.update(e4_ratio_attainable=ideal, e4_ratio_vs_attainable=paired["ratio"] / ideal)
     if calibration.get("ratio"):
         read = ideal * float(calibration["ratio"])
         out.update(
