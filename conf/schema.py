@@ -301,7 +301,11 @@ class FederationConfig:
     # weights the sites just received (benchmarks/bytes_per_round.py).
     evaluate_every: int = 0
     proximal_mu: float = 0.0
+    # The server learning rate of FedAdam / FedYogi / FedAdagrad (FedAvgM steps at 1.0).
     server_lr: float = 1e-2
+    # FedAvgM's server momentum: the global model moves by the averaged update plus this times
+    # the previous move (Flower's own default, 0, would make FedAvgM plain FedAvg).
+    server_momentum: float = 0.9
     # Synthetic slices generated per diagnosis after training and shared with the sites.
     synthetic_per_class: int = 8
 
