@@ -37,3 +37,17 @@ def test_dp_cells_are_the_federated_g2i_plus_fine_tuning_a_public_model(tmp_path
 def test_dp_fine_tuning_without_a_public_model_is_refused() -> None:
     with pytest.raises(ValueError, match="g2i-pretrain"):
         study_cells(_cpu("study.privacy=[none,dp_sgd]"))
+
+
+def test_the_cpu_preset_federates_with_a_server_momentum_and_dp_with_fedavg(tmp_path) -> None:
+    """The federated cells of the CPU preset step the server with FedAvgM at momentum 0.5
+    (README: FedAvg's federated G2I+ expressed its conditions too weakly); the DP cell keeps
+    the FedAvg its recipe was measured with."""
+    study = _cpu("study.privacy=[none,dp_sgd]", f"study.pretrained={tmp_path}")
+    cells = {c: cell_overrides(c, study, tmp_path, tmp_path / "run") for c in study_cells(study)}
+    for cell, items in cells.items():
+        fed = load_config(study.experiment, items).federation
+        if cell.privacy == "none":
+            assert (fed.strategy, fed.server_momentum) == ("FedAvgM", 0.5), cell
+        else:
+            assert fed.strategy == "FedAvg", cell
