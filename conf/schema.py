@@ -480,6 +480,11 @@ def check_config(cfg: Any) -> None:
             "mechanism's sensitivity bound holds for a mean of clipped updates only; use a "
             "mean-based strategy (FedAvg, FedProx, FedAdam, FedYogi, FedAdagrad, FedAvgM)"
         )
+    if fed.strategy == StrategyName.FedAvgM and not 0.0 <= fed.server_momentum < 1.0:
+        raise ConfigConflictError(
+            f"federation.strategy=FedAvgM with federation.server_momentum={fed.server_momentum}: "
+            "the momentum must be in [0, 1) (0.9 is the usual choice)"
+        )
     if (
         privacy.mode != PrivacyMode.none
         and privacy.noise_multiplier <= 0

@@ -100,11 +100,6 @@ def build_strategy(fed: FederationConfig, privacy: PrivacyConfig, n_sites: int) 
     if fed.strategy in ("FedAdam", "FedYogi", "FedAdagrad"):
         kwargs["eta"] = fed.server_lr
     if fed.strategy == "FedAvgM":
-        if not 0.0 <= fed.server_momentum < 1.0:
-            raise ValueError(
-                f"federation.server_momentum={fed.server_momentum}: FedAvgM needs a momentum "
-                "in [0, 1) (0.9 is the usual choice)"
-            )
         kwargs["server_momentum"] = fed.server_momentum
     if privacy.mode == "central_dp":
         # Equal weights: each site's clipped update moves the mean by at most C / n, the

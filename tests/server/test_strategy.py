@@ -9,6 +9,7 @@ from flwr.app import Error as FlwrError
 from flwr.serverapp import strategy as fl
 
 from conf import load_config, to_object
+from conf.schema import ConfigConflictError, check_config
 from server.strategy import GuardedStrategy, TooFewSitesError, build_strategy
 from tests.server.messages import sent
 
@@ -166,26 +167,22 @@ def test_fedavgm_applies_the_configured_server_momentum(momentum: float, expecte
     """FedAvgM from the config keeps a momentum of the global moves: two rounds in which the
     sites' mean moves the model by +1 each land at 1 + (1 + momentum), where FedAvg lands at
     2 (Flower's default momentum, 0, made FedAvgM plain FedAvg)."""
-    from flwr.app import ArrayRecord as Record
-
     cfg = load_config(
         "tiny", ["federation.strategy=FedAvgM", f"federation.server_momentum={momentum}"]
     )
     inner = build_strategy(to_object(cfg.federation), to_object(cfg.privacy), 2)
     assert inner.server_momentum == momentum
     g = GuardedStrategy(inner, 2, "ldm")
-    inner.current_arrays = Record(array_dict={"w": Array(np.zeros((2, 2), np.float32))})
-    w = None
-    for server_round, (a, b) in enumerate(((0.5, 1.5), (None, None)), start=1):
-        if a is None:  # the sites each move +1 from where the global model now is
-            a, b = float(w[0, 0]) + 0.5, float(w[0, 0]) + 1.5
-        arrays, _ = g.aggregate_train(server_round, [_reply(1, a), _reply(2, b)])
-        w = arrays["w"].numpy()
+    inner.current_arrays = ArrayRecord(array_dict={"w": Array(np.zeros((2, 2), np.float32))})
+    for server_round in (1, 2):
+        here = float(inner.current_arrays["w"].numpy()[0, 0])
+        # the sites' mean moves the model by +1 from where it now is
+        arrays, _ = g.aggregate_train(server_round, [_reply(1, here + 0.5), _reply(2, here + 1.5)])
         inner.current_arrays = arrays
-    np.testing.assert_allclose(w, np.full((2, 2), expected), rtol=1e-6)
+    np.testing.assert_allclose(arrays["w"].numpy(), np.full((2, 2), expected), rtol=1e-6)
 
 
 def test_fedavgm_momentum_out_of_range_is_refused() -> None:
     cfg = load_config("tiny", ["federation.strategy=FedAvgM", "federation.server_momentum=1.0"])
-    with pytest.raises(ValueError, match="server_momentum"):
-        build_strategy(to_object(cfg.federation), to_object(cfg.privacy), 2)
+    with pytest.raises(ConfigConflictError, match="server_momentum"):
+        check_config(cfg)
