@@ -73,6 +73,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=int(os.environ.get("G2I_THREADS", "1")))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
+        "--ema", action="store_true", help="evaluate the EMA of the LDM weights (train.ema_decay)"
+    )
+    p.add_argument(
         "--grid", type=Path, default=None, help="write sample grids here (real.png, VARIANT.png)"
     )
     p.add_argument("--overrides", nargs="*", default=[], help="Hydra overrides (model, train)")
@@ -174,8 +177,11 @@ def main(argv: list[str] | None = None) -> int:
             scheduler=scheduler,
             cond_dropout=mcfg.cond_dropout,
             genotype_dropout=mcfg.genotype_dropout,
+            ema=args.ema,
         )
         seconds = time.perf_counter() - t0
+        if result.ema_weights is not None:
+            denoiser.load_state_dict(result.ema_weights)
         use = condition_use(
             denoiser, ae, scheduler, val_loader, device, e4_columns_of(val_set), repeats=8
         )
@@ -228,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         "ae_s": ae_s,
         "threads": args.threads,
         "guidance": args.guidance,
+        "ema": args.ema,
         "genotype_guidance": args.genotype_guidance,
         "overrides": args.overrides,
         "load_average": os.getloadavg(),

@@ -251,6 +251,11 @@ class TrainConfig:
     ldm_epochs: int = 60
     max_steps_ae: int = 0
     max_steps_ldm: int = 0
+    # Min-SNR-gamma weighting of the LDM loss (0 = off, the plain mean over timesteps).
+    min_snr_gamma: float = 0.0
+    # LDM training timesteps t = floor(T * u ** power), u uniform (1 = uniform t; below 1
+    # favours the noisy end).
+    timestep_power: float = 1.0
     # Wall-time caps of one local run in seconds (0 = none): the study's equal-wall-time cells.
     max_seconds_ae: float = 0.0
     max_seconds_ldm: float = 0.0

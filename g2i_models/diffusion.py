@@ -106,6 +106,8 @@ def diffusion_loss(
     generator: torch.Generator | None = None,
     draws: int = 1,
     genotype_dropout: float = 0.0,
+    snr_gamma: float = 0.0,
+    timestep_power: float = 1.0,
 ) -> torch.Tensor:
     """MSE between the denoiser output and its target for scaled latents z0 (B, c, h, w).
 
@@ -117,6 +119,8 @@ def diffusion_loss(
     ``cond_dropout``: the probability that a row gets the null condition (every condition);
     ``genotype_dropout``: independently, that it gets the null genotype with its diagnosis
     kept, which teaches the denoiser eps(diagnosis, no genotype) for genotype guidance.
+    ``snr_gamma`` > 0: each row's MSE weighted by ``snr_weight`` (min-SNR-gamma); 0 = the
+    plain mean.
     """
     if draws > 1:
         z0 = z0.repeat_interleave(draws, dim=0)
@@ -124,9 +128,12 @@ def diffusion_loss(
         labels = None if labels is None else labels.repeat_interleave(draws, dim=0)
     b, device = z0.shape[0], z0.device
     noise = torch.randn(z0.shape, device=device, generator=generator)
-    t = torch.randint(
-        0, scheduler.config.num_train_timesteps, (b,), device=device, generator=generator
-    )
+    n_t = scheduler.config.num_train_timesteps
+    if timestep_power == 1.0:
+        t = torch.randint(0, n_t, (b,), device=device, generator=generator)
+    else:
+        u = torch.rand(b, device=device, generator=generator)
+        t = (n_t * u.pow(timestep_power)).long().clamp(max=n_t - 1)
     z_t = scheduler.add_noise(z0, noise, t)
     drop = condition_dropout_mask(b, cond_dropout, device, generator)
     drop_g = (
@@ -135,7 +142,28 @@ def diffusion_loss(
         else None
     )
     pred = denoiser(z_t, t, genotypes, labels, drop, drop_g)
-    return F.mse_loss(pred.float(), diffusion_target(scheduler, z0, noise, t).float())
+    target = diffusion_target(scheduler, z0, noise, t).float()
+    if snr_gamma <= 0:
+        return F.mse_loss(pred.float(), target)
+    per_row = (pred.float() - target).pow(2).flatten(1).mean(dim=1)
+    return (snr_weight(scheduler, t, snr_gamma) * per_row).mean()
+
+
+def snr_weight(scheduler: SchedulerMixin, t: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Min-SNR-gamma loss weights (B,) at timesteps ``t``: the weight of the latent's own
+    error, min(SNR(t), gamma), written for the scheduler's target (divided by SNR for
+    epsilon, by SNR + 1 for v, as is for the sample), SNR(t) = abar_t / (1 - abar_t)."""
+    abar = scheduler.alphas_cumprod.to(t.device)[t].double()
+    snr = abar / (1.0 - abar).clamp_min(1e-12)
+    clipped = snr.clamp(max=gamma)
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        w = clipped / snr.clamp_min(1e-12)
+    elif kind == "v_prediction":
+        w = clipped / (snr + 1.0)
+    else:
+        w = clipped
+    return w.float()
 
 
 @torch.no_grad()

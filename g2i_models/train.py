@@ -312,6 +312,8 @@ def train_ldm(
                 cond_dropout,
                 draws=draws,
                 genotype_dropout=genotype_dropout,
+                snr_gamma=cfg.min_snr_gamma,
+                timestep_power=cfg.timestep_power,
             )
             loss = mse
             if reference is not None and proximal_mu > 0:

@@ -168,3 +168,62 @@ def test_zero_terminal_snr_schedule_samples(model_config, batch, sampler: str) -
         torch.Generator().manual_seed(0),
     )  # fmt: skip
     assert torch.isfinite(z).all()
+
+
+class _ZeroDenoiser(torch.nn.Module):
+    """Predicts 0 and keeps the timesteps it was called with."""
+
+    def forward(self, z_t, t, genotypes, labels, drop, drop_g):  # noqa: ANN001, ANN201
+        self.t = t.clone()
+        return torch.zeros_like(z_t)
+
+
+@pytest.mark.parametrize("kind", ["epsilon", "v_prediction", "sample"])
+def test_snr_weight_against_the_formula(model_config, kind: str) -> None:
+    from g2i_models.diffusion import snr_weight
+
+    s = build_noise_scheduler(model_config(prediction_type=kind))
+    t = torch.tensor([0, 50, 300, 600, 900])
+    abar = s.alphas_cumprod[t].double()
+    snr = abar / (1 - abar)
+    clipped = torch.minimum(snr, torch.tensor(5.0, dtype=torch.float64))
+    by_kind = {"epsilon": clipped / snr, "v_prediction": clipped / (snr + 1), "sample": clipped}
+    assert torch.allclose(snr_weight(s, t, 5.0).double(), by_kind[kind], rtol=1e-5)
+    # the high-SNR end is capped: t = 0 weighs far less than 1 for epsilon and v
+    if kind != "sample":
+        assert float(snr_weight(s, t, 5.0)[0]) < 0.01
+
+
+def test_min_snr_loss_is_the_weighted_mean_of_the_rows(model_config, batch) -> None:
+    from g2i_models.diffusion import snr_weight
+
+    cfg = model_config(prediction_type="v_prediction")
+    s = build_noise_scheduler(cfg)
+    den = _ZeroDenoiser()
+    z0 = torch.randn(4, 3, 4, 4)
+    args = (den, s, z0, batch["genotypes"], batch["label"], 0.0)
+    loss = diffusion_loss(*args, torch.Generator().manual_seed(3), snr_gamma=5.0)
+    noise = torch.randn(z0.shape, generator=torch.Generator().manual_seed(3))
+    target = s.get_velocity(z0, noise, den.t)
+    rows = target.pow(2).flatten(1).mean(dim=1)
+    expected = (snr_weight(s, den.t, 5.0) * rows).mean()
+    assert torch.allclose(loss, expected, rtol=1e-5)
+    plain = diffusion_loss(*args, torch.Generator().manual_seed(3))
+    assert torch.allclose(plain, rows.mean(), rtol=1e-5)
+
+
+def test_timestep_power_moves_the_draws_to_the_noisy_end(model_config) -> None:
+    s = build_noise_scheduler(model_config())
+    n = 20_000
+    den = _ZeroDenoiser()
+    z0 = torch.zeros(n, 1, 1, 1)
+    means = {}
+    for power in (1.0, 0.5):
+        diffusion_loss(
+            den, s, z0, None, None, 0.0, torch.Generator().manual_seed(0), timestep_power=power
+        )
+        assert int(den.t.min()) >= 0 and int(den.t.max()) <= s.config.num_train_timesteps - 1
+        means[power] = float(den.t.float().mean()) / s.config.num_train_timesteps
+    # E[u] = 1/2; E[u ** 0.5] = 2/3
+    assert abs(means[1.0] - 0.5) < 0.01
+    assert abs(means[0.5] - 2 / 3) < 0.01
