@@ -129,7 +129,7 @@ def diffusion_loss(
     b, device = z0.shape[0], z0.device
     noise = torch.randn(z0.shape, device=device, generator=generator)
     n_t = scheduler.config.num_train_timesteps
-    if timestep_power == 1.0:
+    if timestep_power == 1.0:  # randint: the default's random stream stays what it was
         t = torch.randint(0, n_t, (b,), device=device, generator=generator)
     else:
         u = torch.rand(b, device=device, generator=generator)

@@ -8,6 +8,7 @@ from g2i_models.diffusion import (
     diffusion_target,
     sample_latents,
     sampling_scheduler,
+    snr_weight,
 )
 from g2i_models.unet import build_denoiser
 from tests.g2i_models.tiny import N_SNPS
@@ -180,8 +181,6 @@ class _ZeroDenoiser(torch.nn.Module):
 
 @pytest.mark.parametrize("kind", ["epsilon", "v_prediction", "sample"])
 def test_snr_weight_against_the_formula(model_config, kind: str) -> None:
-    from g2i_models.diffusion import snr_weight
-
     s = build_noise_scheduler(model_config(prediction_type=kind))
     t = torch.tensor([0, 50, 300, 600, 900])
     abar = s.alphas_cumprod[t].double()
@@ -195,8 +194,6 @@ def test_snr_weight_against_the_formula(model_config, kind: str) -> None:
 
 
 def test_min_snr_loss_is_the_weighted_mean_of_the_rows(model_config, batch) -> None:
-    from g2i_models.diffusion import snr_weight
-
     cfg = model_config(prediction_type="v_prediction")
     s = build_noise_scheduler(cfg)
     den = _ZeroDenoiser()
